@@ -1,0 +1,327 @@
+"""The engine: runs a recipe's stages in order, reusing every stage whose cache key is unchanged.
+
+Layout of a run folder (default ``runs/<name>``)::
+
+    manifest.json      resolved recipe, environment, data, each stage's key, files (sha256, size), metrics
+    report.md          what a person reads
+    cache/<key>/       one finished stage: its files and stage.json (written last; its presence = done)
+    cache/<key>.work/  an unfinished stage's epoch checkpoints, kept for resume
+    .lock              held while a run uses the folder
+
+A stage writes into ``cache/<key>.tmp-<pid>`` which is renamed to ``cache/<key>`` only when it has
+finished, so a run killed at any moment never leaves a half-written stage that looks done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor import __version__
+from compressor.artifacts import Artifact, sha256_file, stable_hash, write_json
+from compressor.context import StageContext, StageOutput
+from compressor.data import DataModule, load_data
+from compressor.envinfo import environment
+from compressor.errors import CompressorError, RunLockedError, StageError
+from compressor.models import build_model, load_state, model_meta, read_state_dict
+from compressor.recipe import SOURCE_STAGE, Recipe, Stage
+
+# Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
+CACHE_FORMAT = 1
+
+
+@dataclass
+class StageRecord:
+    name: str
+    type: str
+    key: str
+    reused: bool
+    seconds: float
+    artifact: Artifact
+    metrics: dict[str, Any]
+    files: list[dict[str, Any]]
+
+    def to_json(self, out_dir: Path, cache_root: Path) -> dict[str, Any]:
+        files = [
+            {**f, "path": os.path.relpath(cache_root / self.artifact.folder / f["name"], out_dir)}
+            for f in self.files
+        ]
+        return {
+            "name": self.name, "type": self.type, "key": self.key, "reused": self.reused,
+            "seconds": round(self.seconds, 2), "artifact": {"kind": self.artifact.kind, "id": self.artifact.id,
+                                                           "meta": self.artifact.meta},
+            "files": files, "metrics": self.metrics,
+        }
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    manifest_path: Path
+    report_path: Path
+    records: list[StageRecord] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` for the run; a second run on the same folder is refused at once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            msg = (f"another run is using {out_dir} (it holds {out_dir / '.lock'}); wait for it to finish "
+                   "or pass another output folder with --out")
+            raise RunLockedError(msg) from err
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        msg = "recipe asks for device: cuda but no CUDA GPU is visible; use device: cpu or auto"
+        raise CompressorError(msg)
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(cache_root: Path) -> int:
+    """Delete half-written stage folders left by runs that were killed (their process is gone)."""
+    removed = 0
+    for tmp in cache_root.glob("*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _file_records(folder: Path, artifact: Artifact) -> list[dict[str, Any]]:
+    return [
+        {"role": role, "name": name, "sha256": sha256_file(folder / name), "size": (folder / name).stat().st_size}
+        for role, name in artifact.files.items()
+    ]
+
+
+class Engine:
+    """Runs one recipe. Construct, then call :meth:`run`."""
+
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None):
+        self.recipe = recipe
+        self.log = log
+        self.show_progress = show_progress
+        self.out_dir = recipe.output_dir
+        self.cache_root = recipe.cache_root
+        self.threads = recipe.threads or len(os.sched_getaffinity(0))
+        self.device = resolve_device(recipe.device)
+        self._data: DataModule | None = None
+        self.records: list[StageRecord] = []
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+
+    # -- data ---------------------------------------------------------------------------------
+    def data(self) -> DataModule:
+        if self._data is None:
+            self._data = load_data(self.recipe.data, self.recipe.seed)
+            if self._data.skipped:
+                first = self._data.skipped[0]
+                self.log(f"data: skipped {len(self._data.skipped)} undecodable image(s), first {first['file']} "
+                         f"({first['reason']}); the list is in manifest.json")
+        return self._data
+
+    # -- keys ---------------------------------------------------------------------------------
+    def _context_key(self, needs_data: bool, timing: bool) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"format": CACHE_FORMAT, "seed": self.recipe.seed, "device": self.device.type,
+                               "task": self.recipe.task}
+        if needs_data:
+            ctx["data"] = self.recipe.data.model_dump(mode="json")
+        if timing:
+            ctx["threads"] = self.threads
+        return ctx
+
+    def stage_key(self, stage: Stage, inputs: dict[str, Any]) -> str:
+        options = stage.config.model_dump(mode="json", exclude={"name", *stage.entry.refs})
+        ids = {f: [a.id for a in v] if isinstance(v, list) else v.id for f, v in inputs.items()}
+        return stable_hash({
+            "type": stage.type, "options": options, "inputs": ids,
+            "context": self._context_key(stage.entry.needs_data, stage.entry.timing),
+        })[:24]
+
+    # -- the model source ---------------------------------------------------------------------
+    def _source_key(self) -> str:
+        src = self.recipe.model
+        ckpt = None
+        if src.checkpoint is not None:
+            if not src.checkpoint.is_file():
+                msg = f"checkpoint {src.checkpoint} does not exist (model.checkpoint)"
+                raise CompressorError(msg)
+            ckpt = sha256_file(src.checkpoint)
+        return stable_hash({"type": SOURCE_STAGE, "spec": src.model_dump(mode="json", exclude={"checkpoint"}),
+                            "checkpoint": ckpt, "classes": self._classes(), "in_channels": self._in_channels(),
+                            "context": self._context_key(False, False)})[:24]
+
+    def _classes(self) -> int:
+        return self.recipe.model.num_classes or len(self.data().classes)
+
+    def _in_channels(self) -> int:
+        return self.recipe.model.in_channels or self.recipe.data.preprocess.channels
+
+    def _run_source(self, ctx: StageContext) -> StageOutput:
+        from compressor.context import save_model
+
+        src = self.recipe.model
+        torch.manual_seed(self.recipe.seed)
+        model = build_model(src, self._classes(), self._in_channels())
+        if src.checkpoint is not None:
+            load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
+        meta = model_meta(src, self._classes(), self._in_channels())
+        return StageOutput(save_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
+
+    # -- running ------------------------------------------------------------------------------
+    def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any]) -> StageContext:
+        ctx = StageContext(
+            name=name, key=key, recipe=self.recipe, out_dir=tmp, work_dir=self.cache_root / f"{key}.work",
+            cache_root=self.cache_root, inputs=inputs, refs=refs, data_loader=self.data, device=self.device,
+            threads=self.threads, seed=self.recipe.seed, log=self.log,
+        )
+        if self.show_progress is not None:
+            ctx.show_progress = self.show_progress
+        return ctx
+
+    def _execute(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
+                 config: dict[str, Any], fn: Callable[[StageContext], StageOutput]) -> StageRecord:
+        done = self.cache_root / key
+        marker = done / "stage.json"
+        if marker.exists():
+            import json
+
+            saved = json.loads(marker.read_text())
+            self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
+            return StageRecord(name, stage_type, key, True, 0.0, Artifact.model_validate(saved["artifact"]),
+                               saved["metrics"], saved["files"])
+        tmp = self.cache_root / f"{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ctx = self._context(name, key, tmp, inputs, refs)
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f"{name} ({stage_type}): running")
+        start = time.perf_counter()
+        try:
+            output = fn(ctx)
+            seconds = time.perf_counter() - start
+            own = output.artifact.id == key
+            files = _file_records(tmp if own else self.cache_root / output.artifact.folder, output.artifact)
+            write_json(tmp / "stage.json", {
+                "name": name, "type": stage_type, "key": key, "config": config,
+                "inputs": {f: [a.id for a in v] if isinstance(v, list) else v.id for f, v in inputs.items()},
+                "artifact": output.artifact.model_dump(mode="json"), "metrics": output.metrics, "files": files,
+                "seconds": seconds, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "compressor": __version__,
+            })
+            try:
+                os.rename(tmp, done)
+            except OSError:
+                if not marker.exists():  # lost a race only if the other writer finished
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        self.log(f"{name} ({stage_type}): done in {seconds:.1f} s")
+        return StageRecord(name, stage_type, key, False, seconds, output.artifact, output.metrics, files)
+
+    def manifest(self, status: str, error: str | None = None) -> dict[str, Any]:
+        return {
+            "compressor": __version__,
+            "status": status,
+            "error": error,
+            "started": self.started,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "recipe_file": self.recipe.source,
+            "recipe": self.recipe.resolved(),
+            "environment": environment(self.threads) | {"device": self.device.type},
+            "data": self._data.describe() if self._data is not None else None,
+            "cache_dir": os.path.relpath(self.cache_root, self.out_dir),
+            "stages": [r.to_json(self.out_dir, self.cache_root) for r in self.records],
+        }
+
+    def _write_manifest(self, status: str, error: str | None = None) -> Path:
+        path = self.out_dir / "manifest.json"
+        write_json(path, self.manifest(status, error))
+        return path
+
+    def run(self) -> RunResult:
+        from compressor.report import write_report
+
+        with output_lock(self.out_dir):
+            self.cache_root.mkdir(parents=True, exist_ok=True)
+            if removed := remove_stale_temporaries(self.cache_root):
+                self.log(f"removed {removed} half-written stage folder(s) left by an interrupted run")
+            torch.set_num_threads(self.threads)
+            artifacts: dict[str, Artifact] = {}
+            try:
+                source = self._execute(
+                    SOURCE_STAGE, "source", self._source_key(), {}, {},
+                    self.recipe.model.model_dump(mode="json"), self._run_source,
+                )
+                self.records.append(source)
+                artifacts[SOURCE_STAGE] = source.artifact
+                for stage in self.recipe.stages:
+                    inputs = {
+                        f: [artifacts[n] for n in v] if isinstance(v, list) else artifacts[v]
+                        for f, v in stage.refs.items()
+                    }
+                    key = self.stage_key(stage, inputs)
+
+                    def call(ctx: StageContext, stage: Stage = stage) -> StageOutput:
+                        return stage.entry.run(stage.config, ctx)
+
+                    try:
+                        record = self._execute(stage.name, stage.type, key, inputs, stage.refs,
+                                               stage.config.model_dump(mode="json"), call)
+                    except CompressorError as err:
+                        if isinstance(err, StageError):
+                            raise
+                        raise StageError(stage.name, str(err)) from err
+                    self.records.append(record)
+                    artifacts[stage.name] = record.artifact
+                    self._write_manifest("running")
+            except BaseException as err:
+                status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                self._write_manifest(status, str(err) or type(err).__name__)
+                raise
+            manifest_path = self._write_manifest("complete")
+            report_path = write_report(self.out_dir)
+        return RunResult(self.out_dir, manifest_path, report_path, self.records)
+
+
+def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None) -> RunResult:
+    """Run ``recipe``; return where its manifest and report are."""
+    return Engine(recipe, log=log, show_progress=show_progress).run()

@@ -1,0 +1,311 @@
+"""Recipes: YAML in, a validated :class:`Recipe` out, or one error per problem with its field path."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from compressor.config import DataConfig, ModelSource, StageConfig, Strict
+from compressor.errors import Problem, RecipeError, did_you_mean
+from compressor.registry import STAGES, StageEntry
+
+SOURCE_STAGE = "model"
+
+
+class RecipeSettings(Strict):
+    """Global settings of a recipe (everything except ``stages``)."""
+
+    name: str = Field("recipe", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["classification"] = "classification"
+    seed: int = Field(0, ge=0)
+    output: Path | None = Field(None, description="Run folder. Default: runs/<name>.")
+    cache_dir: Path | None = Field(None, description="Stage cache. Default: <output>/cache.")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = Field(None, ge=1, le=1024, description="Threads for training and runtimes. Default: all cores.")
+    data: DataConfig = DataConfig()
+    model: ModelSource
+    stages: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages_list(cls, value: Any) -> Any:
+        # Item-level checks happen per stage against the registry; only the shape is checked here.
+        if not isinstance(value, list):
+            msg = "must be a list of stages, each a mapping with 'name' and 'type'"
+            raise ValueError(msg)
+        return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One validated stage of a recipe."""
+
+    index: int
+    type: str
+    config: StageConfig
+    entry: StageEntry
+    refs: dict[str, str | list[str]]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: global settings plus its stages in order."""
+
+    settings: RecipeSettings
+    stages: tuple[Stage, ...]
+    source: str
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.settings, item)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.settings.output or Path("runs") / self.settings.name
+
+    @property
+    def cache_root(self) -> Path:
+        return self.settings.cache_dir or self.output_dir / "cache"
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as JSON-ready data (for the manifest)."""
+        doc = self.settings.model_dump(mode="json", exclude={"stages"})
+        doc["output"] = str(self.output_dir)
+        doc["cache_dir"] = str(self.cache_root)
+        doc["stages"] = [
+            {"type": s.type, **s.config.model_dump(mode="json"), **{k: v for k, v in s.refs.items()}}
+            for s in self.stages
+        ]
+        return doc
+
+
+def _loc_to_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of ``loc`` (for did-you-mean)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+        args = getattr(current, "__args__", ())
+        for arg in args:  # Optional[Model]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _bounds(model: type[BaseModel] | None, name: Any) -> tuple[Any, Any]:
+    if model is None or name not in model.model_fields:
+        return None, None
+    low = high = None
+    for item in model.model_fields[name].metadata:
+        low = next((getattr(item, a) for a in ("ge", "gt") if getattr(item, a, None) is not None), low)
+        high = next((getattr(item, a) for a in ("le", "lt") if getattr(item, a, None) is not None), high)
+    return low, high
+
+
+def _problems(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _loc_to_path(loc, prefix)
+        kind = e["type"]
+        owner = _model_at(model, loc) if loc else None
+        if kind == "extra_forbidden":
+            known = list(owner.model_fields) if owner else []
+            hint = did_you_mean(str(loc[-1]), known)
+            message = f"unknown key{hint}" + (f"; known keys: {', '.join(known)}" if known and not hint else "")
+        elif kind == "missing":
+            message = "is required"
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            low, high = _bounds(owner, loc[-1] if loc else None)
+            if low is not None and high is not None:
+                message = f"must be between {low} and {high} (got {e.get('input')!r})"
+            else:
+                message = e["msg"].replace("Input should be", "must be") + f" (got {e.get('input')!r})"
+        elif kind == "value_error":
+            message = str(e["ctx"]["error"]) if "ctx" in e else e["msg"]
+        else:
+            message = e["msg"].replace("Input should be", "must be")
+            if "input" in e and not isinstance(e["input"], dict | list):
+                message += f" (got {e['input']!r})"
+        problems.append(Problem(path, message))
+    return problems
+
+
+def _stage_refs(raw: dict[str, Any], entry: StageEntry) -> dict[str, Any]:
+    return {field: raw[field] for field in entry.refs if raw.get(field) is not None}
+
+
+def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a parsed YAML document; raise :class:`RecipeError` listing every problem."""
+    if not isinstance(doc, dict):
+        what = "empty" if doc is None else f"a {type(doc).__name__}"
+        raise RecipeError(source, [Problem("", f"a recipe must be a YAML mapping of settings and stages, got {what}")])
+    problems: list[Problem] = []
+    settings: RecipeSettings | None = None
+    try:
+        settings = RecipeSettings.model_validate(doc)
+    except ValidationError as err:
+        problems.extend(_problems(err, RecipeSettings))
+
+    raw_stages = doc.get("stages")
+    stages: list[Stage] = []
+    seen: dict[str, int] = {SOURCE_STAGE: -1}
+    if isinstance(raw_stages, list):
+        for i, raw in enumerate(raw_stages):
+            where = f"stages[{i}]"
+            if not isinstance(raw, dict):
+                problems.append(Problem(where, "must be a mapping with 'name' and 'type'"))
+                continue
+            stage_type = raw.get("type")
+            if stage_type is None or not isinstance(stage_type, str) or stage_type not in STAGES:
+                if isinstance(raw.get("name"), str) and raw["name"] not in seen:
+                    seen[raw["name"]] = i
+            if stage_type is None:
+                problems.append(Problem(f"{where}.type", f"is required; known types: {', '.join(sorted(STAGES))}"))
+                continue
+            if not isinstance(stage_type, str) or stage_type not in STAGES:
+                known = ", ".join(sorted(STAGES))
+                problems.append(Problem(
+                    f"{where}.type",
+                    f'unknown stage type "{stage_type}"{did_you_mean(str(stage_type), STAGES)}; known types: {known}',
+                ))
+                continue
+            entry = STAGES[stage_type]
+            options = {k: v for k, v in raw.items() if k != "type"}
+            try:
+                cfg = entry.config.model_validate(options)
+            except ValidationError as err:
+                problems.extend(_problems(err, entry.config, where))
+                if isinstance(raw.get("name"), str) and raw["name"] not in seen:
+                    seen[raw["name"]] = i  # later stages may still refer to it: report no cascade
+                continue
+            name = cfg.name
+            if name in seen:
+                first = "the recipe's model source" if name == SOURCE_STAGE else f"stages[{seen[name]}]"
+                problems.append(Problem(f"{where}.name", f'"{name}" is already used by {first}; names must be unique'))
+                continue
+            refs = _stage_refs(options, entry)
+            if "input" not in refs:
+                refs["input"] = stages[-1].name if stages else SOURCE_STAGE
+            for field, value in refs.items():
+                for j, ref in enumerate(value if isinstance(value, list) else [value]):
+                    ref_path = f"{where}.{field}" + (f"[{j}]" if isinstance(value, list) else "")
+                    if ref == name:
+                        problems.append(Problem(ref_path, f'stage "{name}" cannot take its own output'))
+                    elif ref not in seen:
+                        later = [s for s in raw_stages[i + 1:] if isinstance(s, dict) and s.get("name") == ref]
+                        why = "comes later in the recipe; stages can only use earlier ones" if later else (
+                            f"names no stage{did_you_mean(str(ref), seen)}; earlier stages: {', '.join(seen)}"
+                        )
+                        problems.append(Problem(ref_path, f'"{ref}" {why}'))
+            seen[name] = i
+            stages.append(Stage(index=i, type=stage_type, config=cfg, entry=entry, refs=refs))
+    if problems or settings is None:
+        raise RecipeError(source, problems)
+    # Check that each reference names an artifact kind the stage accepts.
+    kinds = {SOURCE_STAGE: "model"}
+    for stage in stages:
+        produced = stage.entry.produces
+        if produced == "passthrough":
+            produced = kinds[str(stage.refs["input"])]
+        kinds[stage.name] = produced
+        for field, value in stage.refs.items():
+            for ref in value if isinstance(value, list) else [value]:
+                if kinds[ref] not in stage.entry.accepts:
+                    problems.append(Problem(
+                        f"stages[{stage.index}].{field}",
+                        f'"{ref}" makes a {kinds[ref]} artifact, but {stage.type} takes '
+                        f"{' or '.join(stage.entry.accepts)}",
+                    ))
+    if problems:
+        raise RecipeError(source, problems)
+    return Recipe(settings=settings, stages=tuple(stages), source=source)
+
+
+def read_recipe_file(path: Path) -> Any:
+    """Read and YAML-parse a recipe file; a missing or unreadable file or bad YAML is a RecipeError."""
+    source = str(path)
+    if not path.exists():
+        raise RecipeError(source, [Problem("", "file not found; pass the path of a recipe YAML file")])
+    if not path.is_file():
+        raise RecipeError(source, [Problem("", "is not a file")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(source, [Problem("", f"cannot be read as UTF-8 text: {err}")]) from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}")]) from err
+
+
+def apply_overrides(doc: Any, overrides: dict[str, Any]) -> Any:
+    """Apply CLI overrides (``data``, ``model``, ``checkpoint``, ``output``) to a parsed recipe."""
+    if not isinstance(doc, dict):
+        return doc
+    doc = copy.deepcopy(doc)
+    if overrides.get("data"):
+        data = dict(doc.get("data") or {})
+        data.update(source="imagefolder", path=str(overrides["data"]))
+        data.pop("train_per_class", None)
+        data.pop("val_per_class", None)
+        doc["data"] = data
+    if overrides.get("model"):
+        spec = str(overrides["model"])
+        model = {k: v for k, v in dict(doc.get("model") or {}).items() if k in ("num_classes", "in_channels")}
+        model["entry_point" if ":" in spec else "arch"] = spec
+        doc["model"] = model
+    if overrides.get("checkpoint"):
+        doc.setdefault("model", {})["checkpoint"] = str(overrides["checkpoint"])
+    if overrides.get("output"):
+        doc["output"] = str(overrides["output"])
+    return doc
+
+
+def load_recipe(path: Path | str, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    doc = apply_overrides(read_recipe_file(path), overrides or {})
+    return validate_document(doc, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of recipes, for editors: the settings plus one variant per stage type."""
+    schema = RecipeSettings.model_json_schema()
+    variants = []
+    for stage_type, entry in sorted(STAGES.items()):
+        sub = entry.config.model_json_schema()
+        defs = sub.pop("$defs", {})
+        schema.setdefault("$defs", {}).update(defs)
+        sub["properties"] = {"type": {"const": stage_type, "description": entry.summary}, **sub["properties"]}
+        sub["required"] = ["type", *sub.get("required", [])]
+        variants.append(sub)
+    schema["properties"]["stages"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
+    schema["title"] = "compressor recipe"
+    return schema

@@ -1,0 +1,88 @@
+"""The one registry: stage type -> config model, run function and capabilities.
+
+Adding a stage is one file under ``compressor/stages/`` plus one entry in ``_ENTRIES``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compressor.config import StageConfig
+from compressor.context import StageContext, StageOutput
+from compressor.errors import did_you_mean
+from compressor.stages import benchmark, evaluate, export_onnx, train
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """What the engine knows about a stage type.
+
+    Attributes:
+        type: the name recipes use.
+        config: frozen pydantic model of its options.
+        run: ``run(cfg, ctx) -> StageOutput``.
+        summary: one line for ``compressor stages`` and the schema.
+        accepts: artifact kinds its ``input`` may be.
+        produces: artifact kind it makes, or "passthrough" when it only measures its input.
+        refs: config fields naming other stages (a name or a list of names).
+        needs_data: whether it reads the data set.
+        timing: whether its results depend on thread count (so the count joins its cache key).
+        extras: pip extras it needs.
+    """
+
+    type: str
+    config: builtins.type[StageConfig]
+    run: Callable[[Any, StageContext], StageOutput]
+    summary: str
+    accepts: tuple[str, ...]
+    produces: str
+    refs: tuple[str, ...] = ("input",)
+    needs_data: bool = True
+    timing: bool = False
+    extras: tuple[str, ...] = ()
+
+
+_ENTRIES: tuple[StageEntry, ...] = (
+    StageEntry(
+        type="train", config=train.TrainConfig, run=train.run_train,
+        summary="Train a model on the data set; keeps the best checkpoint by validation top-1.",
+        accepts=("model",), produces="model",
+    ),
+    StageEntry(
+        type="evaluate", config=evaluate.EvaluateConfig, run=evaluate.run_evaluate,
+        summary="Top-1, top-5 and the confusion matrix of a PyTorch model on the validation split.",
+        accepts=("model",), produces="passthrough",
+    ),
+    StageEntry(
+        type="export_onnx", config=export_onnx.ExportOnnxConfig, run=export_onnx.run_export_onnx,
+        summary="Export to one self-contained ONNX file, verified against PyTorch.",
+        accepts=("model",), produces="onnx", extras=("onnx",),
+    ),
+    StageEntry(
+        type="benchmark", config=benchmark.BenchmarkConfig, run=benchmark.run_benchmark,
+        summary="Latency, throughput, accuracy, size of artifacts on runtime backends; JSON + Markdown.",
+        accepts=("model", "onnx", "openvino", "tflite"), produces="report", refs=("input", "inputs"),
+        timing=True,
+    ),
+)
+
+STAGES: dict[str, StageEntry] = {entry.type: entry for entry in _ENTRIES}
+
+
+class UnknownStageType(KeyError):
+    """Raised by :func:`get_stage`; its message lists the known types."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_stage(stage_type: str) -> StageEntry:
+    try:
+        return STAGES[stage_type]
+    except KeyError:
+        known = ", ".join(sorted(STAGES))
+        msg = f'unknown stage type "{stage_type}"{did_you_mean(stage_type, STAGES)}; known types: {known}'
+        raise UnknownStageType(msg) from None

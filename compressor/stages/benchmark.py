@@ -1,0 +1,128 @@
+"""``benchmark``: latency, throughput, accuracy and agreement of artifacts on runtime backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from compressor.artifacts import Artifact, write_json, write_text
+from compressor.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
+from compressor.config import StageConfig
+from compressor.context import StageContext, StageOutput
+from compressor.errors import CompressorError
+from compressor.measure import measure_latency
+from compressor.metrics import agreement, classification_metrics
+from compressor.models import load_model_artifact
+from compressor.verify import run_batched
+
+
+class BenchmarkConfig(StageConfig):
+    inputs: list[str] | None = Field(None, min_length=1, description="Stages whose artifacts to measure (default: input).")
+    backends: list[str] = Field(default_factory=list, description="Backends to try on each artifact (default: one per format).")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    threads: int | None = Field(None, ge=1, description="Runtime threads (default: the recipe's threads).")
+    warmup: int = Field(10, ge=0)
+    min_iters: int = Field(50, ge=1)
+    time_budget_s: float = Field(2.0, gt=0, le=3600, description="Keep timing until this many seconds, after min_iters.")
+    max_iters: int = Field(10000, ge=1)
+    accuracy_images: int | None = Field(None, ge=1, description="Accuracy on an even slice of the val split (default: all).")
+
+
+def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:
+    if cfg.backends:
+        return [b for b in cfg.backends if b in BACKENDS and art.kind in BACKENDS[b].formats]
+    default = DEFAULT_BACKEND.get(art.kind)
+    return [default] if default else []
+
+
+def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Logits of the PyTorch model an artifact came from (itself for a model artifact)."""
+    source = art if art.kind == "model" else (Artifact.model_validate(art.meta["source_model"])
+                                              if "source_model" in art.meta else None)
+    if source is None:
+        return None
+    if source.id not in memo:
+        import torch
+
+        from compressor.metrics import predict
+
+        model = load_model_artifact(source.meta, source.path(ctx.cache_root, "weights"))
+        memo[source.id] = predict(model, images, torch.device("cpu"))
+    return memo[source.id]
+
+
+def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact, backend: str, batch: int,
+              images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict[str, Any]:
+    path: Path = art.path(ctx.cache_root)
+    size = sum(p.stat().st_size for p in (ctx.cache_root / art.folder).iterdir()
+               if p.name in art.files.values())
+    row: dict[str, Any] = {
+        "stage": stage, "artifact": art.id[:12], "format": art.meta.get("format", art.kind),
+        "precision": art.meta.get("precision", "fp32"), "backend": backend, "batch": batch,
+        "size_bytes": size, "macs": art.meta.get("macs"), "params": art.meta.get("params"),
+        "status": "ok",
+    }
+    threads = cfg.threads or ctx.threads
+    try:
+        session = get_backend(backend).load(path, art.meta, RuntimeOptions(threads=threads, device="cpu"))
+        fixed = session.batch_sizes()
+        if fixed and batch not in fixed:
+            row.update(status="skipped", reason=f"file has a fixed batch of {fixed[0]}")
+            return row
+        logits = run_batched(session.run, images, fixed)
+        acc = classification_metrics(logits, labels, len(ctx.data.classes))
+        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"])
+        if reference is not None:
+            row.update(agreement(logits, reference))
+        sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+        stats = measure_latency(lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
+                                time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
+        row.update(stats)
+        row["throughput_ips"] = round(batch * 1000 / stats["median_ms"], 2) if stats["median_ms"] else None
+        row["runtime"] = session.describe()
+    except CompressorError as err:
+        row.update(status="failed", reason=str(err))
+    return row
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| stage | format | precision | backend | batch | size (KB) | top-1 | agreement | "
+            "median ms | p90 ms | p99 ms | throughput (img/s) | status |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        def f(key: str, fmt: str = "{}", r: dict[str, Any] = r) -> str:
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        lines.append(
+            f"| {r['stage']} | {r['format']} | {r['precision']} | {r['backend']} | {r['batch']} | "
+            f"{r['size_bytes'] / 1024:.0f} | {f('top1', '{:.2f}')} | {f('top1_agreement', '{:.2f}')} | "
+            f"{f('median_ms', '{:.3f}')} | {f('p90_ms', '{:.3f}')} | {f('p99_ms', '{:.3f}')} | "
+            f"{f('throughput_ips', '{:.1f}')} | {status} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
+    if cfg.inputs:
+        artifacts = list(zip(cfg.inputs, ctx.inputs["inputs"], strict=True))
+    else:
+        artifacts = [(str(ctx.refs["input"]), ctx.input)]
+    images, labels = ctx.data.val_arrays(cfg.accuracy_images)
+    memo: dict[str, np.ndarray] = {}
+    rows = []
+    jobs = [(stage, art, backend, batch) for stage, art in artifacts for backend in _rows_for(art, cfg)
+            for batch in cfg.batch_sizes]
+    for stage, art, backend, batch in ctx.progress(jobs, "benchmark", total=len(jobs)):
+        reference = _reference_logits(ctx, art, images, memo)
+        row = bench_row(ctx, cfg, stage, art, backend, batch, images, labels, reference)
+        rows.append(row)
+        ctx.log(f"{ctx.name}: {stage} {row['format']}/{row['precision']} on {backend} b{batch}: "
+                + (f"top-1 {row['top1']:.2f}, median {row['median_ms']:.3f} ms" if row["status"] == "ok"
+                   else f"{row['status']} ({row.get('reason')})"))
+    write_json(ctx.out_dir / "results.json", {"rows": rows})
+    write_text(ctx.out_dir / "results.md", markdown_table(rows))
+    art = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
+    return StageOutput(art, {"rows": rows})

@@ -1,0 +1,170 @@
+"""The shared training loop: train, pruning fine-tune, distillation and QAT all call :func:`fit`.
+
+Each epoch ends with a checkpoint in the stage's work folder (model, optimizer, schedule, best
+weights); an interrupted stage resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from compressor.artifacts import atomic_write
+from compressor.config import Strict
+from compressor.context import StageContext
+from compressor.metrics import predict
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainOptions(Strict):
+    """Optimisation settings shared by every stage that trains."""
+
+    epochs: int = Field(10, ge=1, le=10000)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup_epochs: int = Field(0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="Default: data.batch_size.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    early_stop_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better val top-1.")
+    amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
+
+
+@dataclass
+class FitResult:
+    best_top1: float
+    epochs_run: int
+    resumed_from_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _optimizer(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                           nesterov=opts.momentum > 0)
+
+
+def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def val_top1(model: nn.Module, ctx: StageContext) -> float:
+    images, labels = ctx.data.val_arrays()
+    logits = predict(model, images, ctx.device)
+    return round(float((logits.argmax(1) == labels).mean()) * 100, 3)
+
+
+def fit(
+    model: nn.Module,
+    ctx: StageContext,
+    opts: TrainOptions,
+    loss_fn: LossFn | None = None,
+    extra: nn.Module | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the weights with the best validation top-1.
+
+    Args:
+        model: the model to train.
+        ctx: stage context (data, device, work folder for epoch checkpoints, progress).
+        opts: optimisation settings.
+        loss_fn: ``loss_fn(model, images, labels) -> loss``; default cross-entropy with label smoothing.
+        extra: further trainable modules (e.g. distillation adapters), optimised and checkpointed too.
+        desc: label for progress bars and checkpoint files (one stage may call fit several times).
+    """
+    torch.manual_seed(ctx.seed)
+    device = ctx.device
+    model.to(device)
+    if extra is not None:
+        extra.to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+    compute_loss = loss_fn or (lambda m, x, y: criterion(m(x), y))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if extra is not None:
+        params += [p for p in extra.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, opts)
+    steps_per_epoch = len(ctx.data.train_loader(opts.batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
+    )
+    use_amp = opts.amp and device.type == "cuda"
+
+    ckpt_path = ctx.work_dir / f"{desc}-last.pt"
+    start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
+    history: list[dict[str, float]] = []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        if extra is not None and "extra" in state:
+            extra.load_state_dict(state["extra"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_top1, best_state = state["epoch"], state["best_top1"], state["best_state"]
+        bad_epochs, history = state["bad_epochs"], state["history"]
+        ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, opts.epochs):
+        model.train()
+        if extra is not None:
+            extra.train()
+        loader = ctx.data.train_loader(opts.batch_size, epoch=epoch)
+        losses = []
+        for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = compute_loss(model, x, y)
+            if not torch.isfinite(loss):
+                msg = f"{ctx.name}: loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {opts.lr})"
+                raise FloatingPointError(msg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opts.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, opts.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        top1 = val_top1(model, ctx)
+        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5), "val_top1": top1})
+        if top1 > best_top1:
+            best_top1, bad_epochs = top1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        snapshot: dict[str, Any] = {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_state": best_state,
+            "bad_epochs": bad_epochs, "history": history,
+        }
+        if extra is not None:
+            snapshot["extra"] = extra.state_dict()
+        def save(tmp: Path, s: dict[str, Any] = snapshot) -> None:
+            torch.save(s, tmp)
+
+        atomic_write(ckpt_path, save)
+        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f} val top-1 {top1:.2f}")
+        if opts.early_stop_patience is not None and bad_epochs >= opts.early_stop_patience:
+            ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({bad_epochs} epochs without improvement)")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history)

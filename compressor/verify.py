@@ -1,0 +1,39 @@
+"""Check an exported artifact against the PyTorch model it came from, on the same images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from compressor.errors import ExportError
+from compressor.metrics import agreement
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                batch_sizes: tuple[int, ...] | None, batch: int = 64) -> np.ndarray:
+    """Logits over ``images``; a file with a fixed batch gets exactly that batch (last one padded)."""
+    size = batch_sizes[0] if batch_sizes else batch
+    outputs = []
+    for i in range(0, len(images), size):
+        chunk = images[i : i + size]
+        n = len(chunk)
+        if batch_sizes and n < size:
+            chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(run(chunk)[:n])
+    return np.concatenate(outputs)
+
+
+def check_agreement(
+    fmt: str, precision: str, candidate: np.ndarray, reference: np.ndarray, min_agreement: float,
+) -> dict[str, Any]:
+    """Agreement metrics; raises :class:`ExportError` naming format and figures below ``min_agreement``."""
+    result = agreement(candidate, reference)
+    result["verify_images"] = int(len(reference))
+    if result["top1_agreement"] < min_agreement:
+        msg = (f"{fmt} {precision} artifact agrees with PyTorch on only {result['top1_agreement']:.2f}% of "
+               f"{len(reference)} validation images (max abs logit error {result['max_abs_error']:.4g}); "
+               f"the stage requires {min_agreement}% (option min_agreement)")
+        raise ExportError(msg)
+    return result
