@@ -62,18 +62,25 @@ def _load_data(manifest: dict[str, Any], data_path: Path | None) -> DataModule:
 
 
 def verify_bundle(bundle: Path, *, data_path: Path | None = None, tolerance: float = 0.5, threads: int = 1,
-                  accuracy: bool = True, log: Callable[[str], None] = print) -> VerifyReport:
+                  accuracy: bool = True, expect_sha256: str | None = None,
+                  log: Callable[[str], None] = print) -> VerifyReport:
     """Check ``bundle``; raise :class:`VerifyFailed` naming each file or artifact that does not match.
 
     Args:
         tolerance: largest accepted top-1 difference from the recorded value, in points.
         accuracy: False checks only the hashes.
+        expect_sha256: the manifest's own sha256 as ``release`` printed it; without it, a bundle whose
+            files and manifest were changed together passes the hash check.
     """
     from compressor.backends import RuntimeOptions, get_backend
     from compressor.metrics import classification_metrics
     from compressor.verify import run_batched
 
     manifest = read_bundle_manifest(bundle)
+    if expect_sha256 is not None and sha256_file(bundle / "manifest.json") != expect_sha256.lower():
+        msg = (f"manifest.json of {bundle} has sha256 {sha256_file(bundle / 'manifest.json')}, not the expected "
+               f"{expect_sha256}: the manifest changed after the release")
+        raise VerifyFailed(msg)
     report = VerifyReport(files=len(manifest.get("files", [])))
     problems = file_problems(bundle, manifest)
     if problems:

@@ -9,9 +9,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compressor import __version__
 from compressor.errors import CompressorError
+
+if TYPE_CHECKING:
+    from compressor.recipe import Recipe
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -76,13 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_run_gates(recipe, manifest: dict, out_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
     """A recipe with gates gets the gate table after a run too; only ``release`` acts on it."""
     from compressor.artifacts import write_json, write_text
     from compressor.gates import evaluate_gates, gate_table, summary
     from compressor.release import artifact_sizes, benchmark_rows
 
     stages = manifest["stages"]
+    assert recipe.gates is not None
     results = evaluate_gates(recipe.gates, benchmark_rows(stages), artifact_sizes(stages))
     table = gate_table(results)
     write_text(out_dir / "gates.md", f"# Release gates: {recipe.name}\n\n{table}")
@@ -120,7 +125,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify_bundle(Path(args.bundle), data_path=Path(args.data) if args.data else None,
                            tolerance=args.tolerance, threads=args.threads, accuracy=not args.hashes_only,
-                           log=_log)
+                           expect_sha256=args.expect_sha256, log=_log)
     for warning in report.warnings:
         _err(f"warning: {warning}")
     checked = f"{len(report.accuracy)} accuracy check(s)" if not args.hashes_only else "hashes only"
@@ -166,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.5, help="accepted top-1 difference in points (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     p.add_argument("--hashes-only", action="store_true", help="check file hashes, skip re-running accuracy")
+    p.add_argument("--expect-sha256", help="the manifest's sha256 as release printed it (pins the manifest too)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check recipes without running them")

@@ -72,6 +72,8 @@ def test_tampered_file_fails_verify_naming_it(released: tuple[Path, Path], tmp_p
     with pytest.raises(VerifyFailed, match=r"artifacts/onnx/model.onnx: sha256 differs from the manifest"):
         verify_bundle(copy_, accuracy=False)
     assert main(["verify", str(copy_), "--hashes-only"]) == 1
+    with pytest.raises(VerifyFailed, match=r"manifest.json of .* has sha256 \w+, not the expected 00ff"):
+        verify_bundle(copy_, expect_sha256="00ff")
 
 
 def test_gate_just_above_measured_accuracy_fails_release(released: tuple[Path, Path],
@@ -119,3 +121,17 @@ def test_run_prints_the_gate_table(released: tuple[Path, Path], capsys: pytest.C
     assert "| gate | artifact | measured on | threshold | measured | result | note |" in out
     assert "gates: 4 passed, 0 failed, 1 skipped (advisory here" in out
     assert (root / "run/gates.md").is_file()
+
+
+def test_verify_names_the_extra_of_a_missing_backend(released: tuple[Path, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from compressor.backends import BACKENDS
+    from compressor.errors import CompressorError
+
+    entry = BACKENDS["onnxruntime"]
+    monkeypatch.setitem(BACKENDS, "onnxruntime", dataclasses.replace(entry, requires="no_such_runtime_module"))
+    with pytest.raises(CompressorError, match=r"cannot re-run onnx \(onnx/fp32\) on onnxruntime: the onnxruntime "
+                                              r"backend needs .*pip install 'compressor\[onnx\]'"):
+        verify_bundle(released[1], log=lambda _m: None)
