@@ -86,6 +86,12 @@ def _derived_limitations(manifest: dict[str, Any]) -> list[str]:
             cpu.get("int8_dot_product") == "no int8 dot-product":
         notes.append("This CPU has no INT8 dot-product instructions (VNNI/dotprod): INT8 artifacts may be "
                      "slower, and can be less accurate through saturation, than on CPUs that have them.")
+    benches = {r.get("bench") for r in manifest.get("measurements", [])}
+    for st in manifest.get("stages", []):
+        if st["name"] in benches and st.get("reused"):
+            notes.append(f"The figures of benchmark stage {st['name']} come from the stage cache (measured "
+                         f"{st.get('created') or 'earlier'}), possibly on another machine than the one above; "
+                         "delete its cache folder to measure again.")
     if manifest.get("recipe", {}).get("data", {}).get("train_per_class"):
         notes.append("Trained on a per-class subset of the training split.")
     return notes

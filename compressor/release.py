@@ -122,6 +122,14 @@ def _copy_artifact(stage: dict[str, Any], cache_root: Path, dest: Path, root: Pa
             "files": files, "meta": meta}
 
 
+def _created(cache_root: Path, key: str) -> str | None:
+    """When a cached stage was made (a reused benchmark measured then, maybe on another machine)."""
+    try:
+        return str(json.loads((cache_root / key / "stage.json").read_text()).get("created"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _file_list(root: Path) -> list[dict[str, Any]]:
     return [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"]
@@ -243,7 +251,8 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
             "gates": [r.to_json() for r in results],
             "accuracy_checks": accuracy_checks(recipe, rows, shipped),
             "history": {name: compression_history(stages, resolved["stages"], rows, name) for name in shipped},
-            "stages": [{k: st[k] for k in ("name", "type", "key", "reused", "seconds")} for st in stages],
+            "stages": [{**{k: st[k] for k in ("name", "type", "key", "reused", "seconds")},
+                        "created": _created(recipe.cache_root, st["key"])} for st in stages],
             "baseline": None if base_manifest is None or baseline is None else {
                 "path": str(baseline), "version": base_manifest.get("version"),
                 "manifest_sha256": sha256_file(baseline / "manifest.json"),
