@@ -8,10 +8,11 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RECIPE ?= recipes/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup data demo test lint compress bench report clean
+.PHONY: help setup data demo test lint compress bench report release verify clean
 
 help:
 	@echo "make demo | test | lint | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
+	@echo "make release RECIPE=... VERSION=... [BASELINE=bundle] [OUT=dir] | verify BUNDLE=dir"
 
 # Reinstall only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -45,6 +46,15 @@ bench: setup
 
 report: setup
 	$(VENV)/bin/compressor report $(or $(RUN),runs/demo)
+
+# Exit 0: every gate passed; 1: a gate failed (the bundle holds the evidence, marked not releasable); 2: bad input.
+release: setup
+	@test -n "$(VERSION)" || { echo "make release needs VERSION=..., e.g. make release VERSION=1.0.0"; exit 2; }
+	$(VENV)/bin/compressor release $(RECIPE) --version $(VERSION) $(if $(BASELINE),--baseline $(BASELINE)) $(if $(OUT),--out $(OUT))
+
+verify: $(STAMP)
+	@test -n "$(BUNDLE)" || { echo "make verify needs BUNDLE=<bundle folder>"; exit 2; }
+	$(VENV)/bin/compressor verify $(BUNDLE)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -9,9 +9,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compressor import __version__
 from compressor.errors import CompressorError
+
+if TYPE_CHECKING:
+    from compressor.recipe import Recipe
 
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
@@ -71,6 +75,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_summary_line(record))
     print(f"manifest: {result.manifest_path}")
     print(f"report:   {result.report_path}")
+    if recipe.gates is not None:
+        _print_run_gates(recipe, manifest, result.output_dir)
+    return 0
+
+
+def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
+    """A recipe with gates gets the gate table after a run too; only ``release`` acts on it."""
+    from compressor.artifacts import write_json, write_text
+    from compressor.gates import evaluate_gates, gate_table, summary
+    from compressor.release import artifact_sizes, benchmark_rows
+
+    stages = manifest["stages"]
+    assert recipe.gates is not None
+    results = evaluate_gates(recipe.gates, benchmark_rows(stages), artifact_sizes(stages))
+    table = gate_table(results)
+    write_text(out_dir / "gates.md", f"# Release gates: {recipe.name}\n\n{table}")
+    write_json(out_dir / "gates.json", [r.to_json() for r in results])
+    print(f"\n{table}{summary(results)} (advisory here; 'compressor release' fails on a failed gate)")
+    print(f"gates:    {out_dir / 'gates.md'}")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from compressor.errors import GateFailed
+    from compressor.gates import gate_table, summary
+    from compressor.recipe import load_recipe
+    from compressor.release import make_release
+
+    recipe = load_recipe(Path(args.recipe))
+    result = make_release(
+        recipe, args.version, out=Path(args.out) if args.out else None,
+        baseline=Path(args.baseline) if args.baseline else None, force=args.force,
+        log=_log if not args.quiet else (lambda _m: None), show_progress=False if args.quiet else None,
+    )
+    print(f"\nrelease {recipe.name} {args.version}\n")
+    print(gate_table(result.results) + summary(result.results))
+    print(f"bundle:   {result.bundle} ({'releasable' if result.releasable else 'NOT releasable'})")
+    print(f"manifest sha256: {result.manifest_sha256}")
+    if not result.releasable:
+        failed = sum(r.status == "fail" for r in result.results)
+        msg = (f"{failed} gate check(s) failed; the evidence is in {result.bundle} (gates.md), "
+               "which is marked not releasable")
+        raise GateFailed(msg)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from compressor.bundle_verify import verify_bundle
+
+    report = verify_bundle(Path(args.bundle), data_path=Path(args.data) if args.data else None,
+                           tolerance=args.tolerance, threads=args.threads, accuracy=not args.hashes_only,
+                           expect_sha256=args.expect_sha256, log=_log)
+    for warning in report.warnings:
+        _err(f"warning: {warning}")
+    checked = f"{len(report.accuracy)} accuracy check(s)" if not args.hashes_only else "hashes only"
+    print(f"verified {args.bundle}: {report.files} files match the manifest; {checked} reproduce")
     return 0
 
 
@@ -96,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the recipe's output, or runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress and no per-stage log")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("release", help="run a recipe, check its gates, write a release bundle (exit 1: a gate failed)")
+    p.add_argument("recipe")
+    p.add_argument("--version", required=True, help="release version, e.g. 1.4.0")
+    p.add_argument("--baseline", help="the previous release's bundle folder, for max_regression gates")
+    p.add_argument("--out", help="bundle folder (default: <run output>/releases/<version>)")
+    p.add_argument("--force", action="store_true", help="replace an existing releasable bundle (a failed release's folder is always replaced)")
+    p.add_argument("--quiet", action="store_true", help="no progress and no per-stage log")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("verify", help="check a release bundle's files and re-run its accuracy (exit 1: mismatch)")
+    p.add_argument("bundle")
+    p.add_argument("--data", help="folder of the data set, if not where the release found it")
+    p.add_argument("--tolerance", type=float, default=0.5, help="accepted top-1 difference in points (default 0.5)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--hashes-only", action="store_true", help="check file hashes, skip re-running accuracy")
+    p.add_argument("--expect-sha256", help="the manifest's sha256 as release printed it (pins the manifest too)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check recipes without running them")
     p.add_argument("recipes", nargs="+")

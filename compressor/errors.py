@@ -92,3 +92,13 @@ class GateFailed(CompressorError):
     """A release gate failed (exit code 1, as CI systems expect)."""
 
     exit_code = 1
+
+
+class BundleError(CompressorError):
+    """A release bundle is missing, unreadable, or not a bundle."""
+
+
+class VerifyFailed(CompressorError):
+    """A release bundle does not match its manifest or does not reproduce its accuracy (exit code 1)."""
+
+    exit_code = 1

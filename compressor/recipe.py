@@ -10,8 +10,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from compressor.card import CardConfig
 from compressor.config import DataConfig, ModelSource, StageConfig, Strict
 from compressor.errors import Problem, RecipeError, did_you_mean
+from compressor.gates import GATE_TYPES, GateSet, reference_problems
 from compressor.registry import STAGES, StageEntry
 
 SOURCE_STAGE = "model"
@@ -30,6 +32,8 @@ class RecipeSettings(Strict):
     data: DataConfig = DataConfig()
     model: ModelSource
     stages: list[dict[str, Any]] = Field(min_length=1)
+    gates: GateSet | None = Field(None, description="Release gates checked by 'compressor release'.")
+    card: CardConfig | None = Field(None, description="Text for the model card of a release.")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -130,9 +134,20 @@ def _problems(err: ValidationError, model: type[BaseModel], prefix: str = "") ->
     problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = _loc_to_path(loc, prefix)
         kind = e["type"]
         owner = _model_at(model, loc) if loc else None
+        if loc[:2] == ("gates", "checks") and len(loc) > 3 and loc[3] in GATE_TYPES:
+            # A discriminated union puts the gate's type into the location; the user never wrote it there.
+            owner = _model_at(GATE_TYPES[loc[3]], loc[4:])
+            loc = loc[:3] + loc[4:]
+        path = _loc_to_path(loc, prefix)
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            types = ", ".join(GATE_TYPES)
+            tag = str(e.get("ctx", {}).get("tag", ""))
+            problems.append(Problem(f"{path}.type", (
+                f'unknown gate type "{tag}"{did_you_mean(tag, GATE_TYPES)}; known types: {types}'
+                if kind == "union_tag_invalid" else f"is required; known types: {types}")))
+            continue
         if kind == "extra_forbidden":
             known = list(owner.model_fields) if owner else []
             hint = did_you_mean(str(loc[-1]), known)
@@ -241,6 +256,18 @@ def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
                         f'"{ref}" makes a {kinds[ref]} artifact, but {stage.type} takes '
                         f"{' or '.join(stage.entry.accepts)}",
                     ))
+    if settings.gates is not None:
+        from compressor.artifacts import KINDS
+        from compressor.backends import BACKENDS
+
+        measured_by: dict[str, list[str]] = {}
+        for stage in stages:
+            if stage.entry.produces == "report":
+                names = stage.refs.get("inputs") or stage.refs["input"]
+                for ref in names if isinstance(names, list) else [names]:
+                    measured_by.setdefault(ref, []).append(stage.name)
+        problems.extend(reference_problems(settings.gates, kinds, measured_by, BACKENDS,
+                                           [k for k in KINDS if k != "report"]))
     if problems:
         raise RecipeError(source, problems)
     return Recipe(settings=settings, stages=tuple(stages), source=source)

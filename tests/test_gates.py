@@ -1,0 +1,160 @@
+"""Release gates: recipe validation with field paths, and evaluation against benchmark rows."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compressor.cli import main
+from compressor.errors import CompressorError, RecipeError
+from compressor.gates import GateSet, evaluate_gates, gate_table
+from compressor.recipe import json_schema, load_recipe, validate_document
+from compressor.release import make_release
+from tests.conftest import TINY_RECIPE, write_recipe
+
+GOOD_GATES: dict[str, Any] = {"teacher": "teacher", "checks": [
+    {"type": "min_accuracy", "artifacts": ["onnx"], "min": 10},
+]}
+
+
+def with_gates(gates: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(TINY_RECIPE)
+    doc["gates"] = gates
+    return doc
+
+
+def problems_of(gates: Any) -> list[str]:
+    with pytest.raises(RecipeError) as info:
+        validate_document(with_gates(gates), "r.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_valid_gates_and_schema() -> None:
+    recipe = validate_document(with_gates(GOOD_GATES))
+    assert recipe.gates is not None and recipe.gates.shipped() == ["onnx"]
+    assert "gates" in json_schema()["properties"]
+
+
+def test_gate_naming_a_missing_artifact_is_a_recipe_error() -> None:
+    assert problems_of({"checks": [{"type": "max_size", "artifacts": ["onx"], "max_mb": 1}]}) == [
+        'gates.checks[0].artifacts[0]: "onx" names no stage (did you mean "onnx"?); '
+        "stages: model, teacher, evaluate, onnx, bench"
+    ]
+
+
+def test_gate_problems_name_their_field() -> None:
+    found = problems_of({"checks": [
+        {"type": "min_acuracy", "artifacts": ["onnx"], "min": 1},
+        {"type": "max_top1_drop", "artifacts": ["onnx"], "max_dorp": 1},
+        {"type": "max_top1_drop", "artifacts": ["onnx"], "max_drop": 1, "min_retained_pct": 99},
+        {"type": "max_latency", "artifacts": ["onnx"], "max_ms": 0},
+    ]})
+    assert found == [
+        'gates.checks[0].type: unknown gate type "min_acuracy" (did you mean "min_accuracy"?); known types: '
+        "max_top1_drop, min_accuracy, max_latency, min_speedup, max_size, max_regression",
+        'gates.checks[1].max_dorp: unknown key (did you mean "max_drop"?)',
+        "gates.checks[2]: give exactly one of max_drop (points) or min_retained_pct (percent of the teacher's top-1)",
+        "gates.checks[3].max_ms: must be greater than 0 (got 0)",
+    ]
+
+
+def test_gates_need_measured_artifacts_and_a_teacher() -> None:
+    found = problems_of({"checks": [
+        {"type": "min_speedup", "artifacts": ["evaluate"], "min": 1},
+        {"type": "min_accuracy", "artifacts": ["bench"], "min": 1, "backend": "onnxrutnime"},
+    ]})
+    assert found == [
+        "gates.teacher: is required by gates.checks[0] (min_speedup); name the stage of the reference model, "
+        "e.g. teacher",
+        "gates.checks[0].artifacts[0]: \"evaluate\" is not measured by any benchmark stage; add it to a "
+        "benchmark stage's inputs",
+        'gates.checks[1].backend: unknown backend "onnxrutnime" (did you mean "onnxruntime"?); known: '
+        "onnxruntime, pytorch",
+        'gates.checks[1].artifacts[0]: "bench" makes a report, not a model; name a stage whose artifact ships',
+    ]
+
+
+def row(stage: str, top1: float, median: float, *, batch: int = 1, target: str | None = None,
+        size: int = 1000, bench: str = "bench", fmt: str = "onnx") -> dict[str, Any]:
+    r = {"stage": stage, "format": fmt, "precision": "fp32", "backend": "onnxruntime" if fmt == "onnx" else "pytorch",
+         "batch": batch, "size_bytes": size, "status": "ok", "top1": top1, "top5": 99.0,
+         "median_ms": median, "p90_ms": median * 1.2, "p99_ms": median * 1.5, "bench": bench}
+    if target is not None:
+        r["target"] = target
+    return r
+
+
+ROWS = [row("teacher", 90.0, 10.0, fmt="model"), row("int8", 89.2, 2.0),
+        row("int8", 89.2, 30.0, target="rpi4")]
+
+
+def results_of(checks: list[dict[str, Any]], rows: list[dict[str, Any]] = ROWS,
+               baseline: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
+    gates = GateSet.model_validate({"teacher": "teacher", "checks": checks})
+    return [(r.measured_on, r.measured, r.status)
+            for r in evaluate_gates(gates, rows, {"int8": 2_500_000}, baseline)]
+
+
+def test_accuracy_gates_against_the_teacher() -> None:
+    assert results_of([
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 1.0},
+        {"type": "max_top1_drop", "artifacts": ["int8"], "min_retained_pct": 99.5},  # 89.2/90 = 99.11 %
+        {"type": "min_accuracy", "artifacts": ["int8"], "min": 89.5, "target": "local"},
+    ]) == [
+        ("onnx/fp32 onnxruntime local", "+0.80 pt", "pass"),
+        ("onnx/fp32 onnxruntime rpi4", "+0.80 pt", "pass"),
+        ("onnx/fp32 onnxruntime local", "99.11%", "fail"),
+        ("onnx/fp32 onnxruntime rpi4", "99.11%", "fail"),
+        ("onnx/fp32 onnxruntime local", "89.20%", "fail"),
+    ]
+
+
+def test_latency_speedup_and_size_gates_per_target() -> None:
+    assert results_of([
+        {"type": "max_latency", "artifacts": ["int8"], "max_ms": 5, "statistic": "median"},
+        {"type": "min_speedup", "artifacts": ["int8"], "min": 4, "target": "local"},
+        {"type": "max_size", "artifacts": ["int8"], "max_mb": 2},
+    ]) == [
+        ("onnx/fp32 onnxruntime local b1", "2.000 ms", "pass"),
+        ("onnx/fp32 onnxruntime rpi4 b1", "30.000 ms", "fail"),
+        ("onnx/fp32 onnxruntime local b1", "x5.00", "pass"),
+        ("files", "2.500 MB", "fail"),
+    ]
+
+
+def test_a_gate_without_a_measurement_fails() -> None:
+    failed = dict(row("int8", 0, 1), status="failed", reason="backend crashed")
+    assert results_of([{"type": "max_latency", "artifacts": ["int8"], "max_ms": 5, "batch": 8}]) == [
+        ("-", "not measured", "fail")]
+    assert results_of([{"type": "min_accuracy", "artifacts": ["int8"], "min": 1}], rows=[failed]) == [
+        ("onnx/fp32 onnxruntime local b1", "failed", "fail")]
+
+
+def test_regression_against_a_faster_baseline() -> None:
+    baseline = [dict(row("int8", 89.0, 1.0))]  # the last release ran in 1 ms; now 2 ms
+    gate = [{"type": "max_regression", "artifacts": ["int8"], "target": "local"}]
+    assert results_of(gate, baseline=baseline) == [
+        ("onnx/fp32 onnxruntime local b1", "-0.20 pt", "pass"),
+        ("onnx/fp32 onnxruntime local b1", "+100.0%", "fail"),
+        ("onnx/fp32 onnxruntime local b1", "+0.0%", "pass"),
+    ]
+    assert results_of(gate) == [("-", "-", "skipped")]
+    table = gate_table(evaluate_gates(GateSet.model_validate({"checks": gate}), ROWS, {}, baseline))
+    assert "| max_regression | int8 | onnx/fp32 onnxruntime local b1 | median +<= 10% vs baseline | +100.0% | **FAIL** |" in table
+
+
+def test_release_refuses_bad_input_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = copy.deepcopy(TINY_RECIPE)
+    doc["output"] = str(tmp_path / "run")
+    no_gates = write_recipe(tmp_path / "plain.yaml", doc)
+    assert main(["release", str(no_gates), "--version", "1.0"]) == 2
+    assert "declares no gates; a release needs a 'gates:' section" in capsys.readouterr().err
+    gated = load_recipe(write_recipe(tmp_path / "gated.yaml", {**doc, "gates": GOOD_GATES}))
+    with pytest.raises(CompressorError, match=r'--version "1 0" is not a usable version'):
+        make_release(gated, "1 0")
+    with pytest.raises(CompressorError, match=r"baseline .*missing is not a folder; pass the folder a release wrote"):
+        make_release(gated, "1.0", baseline=tmp_path / "missing")
+    assert not (tmp_path / "run").exists()  # nothing ran
