@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RECIPE ?= recipes/demo.yaml
 PYTEST_ARGS ?=
@@ -14,11 +13,15 @@ help:
 	@echo "make demo | test | lint | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
 	@echo "make release RECIPE=... VERSION=... [BASELINE=bundle] [OUT=dir] | verify BUNDLE=dir"
 
-# Reinstall only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml's content changes (not its mtime: a checkout touches that).
+PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
+
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all]'
 	$(PY) -m pip check
+	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
 setup: $(STAMP) data
