@@ -35,8 +35,10 @@ class PyTorchSession:
 
 
 class PyTorchCompileSession(PyTorchSession):
-    """The model under ``torch.compile`` (setting ``mode``: default, reduce-overhead, max-autotune).
+    """The model under ``torch.compile``.
 
+    Settings: ``mode`` (default, reduce-overhead, max-autotune) and ``compiler`` (the ``torch.compile``
+    backend: inductor by default; eager or aot_eager check the graph capture without code generation).
     Compilation happens on the first batch of each shape, so a benchmark's warm-up absorbs it; a
     failure there is a :class:`BackendError` naming the compiler's reason.
     """
@@ -44,8 +46,9 @@ class PyTorchCompileSession(PyTorchSession):
     def __init__(self, path: Path, meta: dict[str, Any], options: RuntimeOptions):
         super().__init__(path, meta, options)
         self.mode = str(options.settings.get("mode", "default"))
-        self.eager = self.model
-        self.compiled = torch.compile(self.model, mode=self.mode, dynamic=False)
+        self.compiler = str(options.settings.get("compiler", "inductor"))
+        mode = None if self.mode == "default" or self.compiler != "inductor" else self.mode
+        self.compiled = torch.compile(self.model, backend=self.compiler, mode=mode, dynamic=False)
 
     @torch.inference_mode()
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -59,7 +62,7 @@ class PyTorchCompileSession(PyTorchSession):
         return out.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "provider": f"torch.compile ({self.mode})"}
+        return {**super().describe(), "provider": f"torch.compile ({self.compiler}, {self.mode})"}
 
 
 class PyTorchBackend:
