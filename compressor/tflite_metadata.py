@@ -20,6 +20,12 @@ def embed_metadata(model_bytes: bytes, doc: dict[str, Any]) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    # Large constants may live after the flatbuffer, addressed by (offset, size) from the file's start
+    # (ai-edge-quantizer writes FP16 weights that way); repacking moves them, so inline them first.
+    for buf in model.buffers or []:
+        if buf.offset > 1:
+            buf.data = np.frombuffer(model_bytes, dtype=np.uint8, count=buf.size, offset=buf.offset)
+            buf.offset, buf.size = 0, 0
     data = np.frombuffer(json.dumps(doc, sort_keys=True).encode(), dtype=np.uint8)
     buffer = schema.BufferT()
     buffer.data = data
