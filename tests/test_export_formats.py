@@ -17,7 +17,7 @@ from compressor.engine import run_recipe
 from compressor.errors import ExportError, MissingExtraError, StageError
 from compressor.models import load_model_artifact
 from compressor.recipe import validate_document
-from compressor.tflite_metadata import read_metadata
+from compressor.tflite_metadata import embed_metadata, read_metadata
 from compressor.verify import verify_artifact
 from tests.conftest import needs_fmnist
 from tests.test_export_bench import ROW_FIELDS
@@ -94,6 +94,14 @@ def test_every_format_on_every_installed_backend(tiny_recipe: dict[str, Any]) ->
         np.testing.assert_allclose(out, expected, atol=2e-3, rtol=1e-3, err_msg=name)
         assert {"runtime", "version", "provider", "device", "threads", "layout"} <= set(session.describe()), name
 
+    # Constants stored after the flatbuffer (as ai-edge-quantizer writes large FP16 weights) survive embedding.
+    tfl32 = rec["tfl32"].artifact
+    moved = embed_metadata(with_external_buffer(tfl32.path(cache).read_bytes()), {"k": 1})
+    (tmp := Path(doc["output"]) / "moved.tflite").write_bytes(moved)
+    assert read_metadata(tmp) == {"k": 1}
+    session = get_backend("litert").load(tmp, tfl32.meta, RuntimeOptions(threads=1))
+    np.testing.assert_allclose(session.run(x), expected, atol=1e-4, rtol=1e-4)
+
     # Verification failures name format, precision and figures, and honour the configured threshold.
     images = np.random.default_rng(1).standard_normal((8, 1, 28, 28)).astype(np.float32)
     wrong = np.eye(8, 10, k=1, dtype=np.float32) * 10
@@ -101,6 +109,26 @@ def test_every_format_on_every_installed_backend(tiny_recipe: dict[str, Any]) ->
         verify_artifact("openvino", ov16.path(cache), ov16.meta, wrong, images, None, 1)
     with pytest.raises(ExportError, match=r"tflite fp16 artifact agrees with PyTorch on only .* requires 50%"):
         verify_artifact("litert", tfl16.path(cache), tfl16.meta, wrong, images, 50, 1)
+
+
+def with_external_buffer(model_bytes: bytes) -> bytes:
+    """The same model with its largest constant moved after the flatbuffer, addressed by offset and size."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    def pack(model: Any) -> bytes:
+        builder = flatbuffers.Builder(0)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    buf = max(model.buffers, key=lambda b: 0 if b.data is None else len(b.data))
+    data = bytes(np.asarray(buf.data, dtype=np.uint8))
+    buf.data, buf.offset, buf.size = None, 1 << 40, len(data)  # placeholder offset of the same width
+    start = -(-len(pack(model)) // 16) * 16
+    buf.offset = start
+    head = pack(model)
+    return head + b"\0" * (start - len(head)) + data
 
 
 @pytest.mark.parametrize("fmt", ["openvino", "tflite"])
