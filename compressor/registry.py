@@ -13,7 +13,7 @@ from typing import Any
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.errors import did_you_mean
-from compressor.stages import benchmark, evaluate, export_onnx, train
+from compressor.stages import benchmark, evaluate, export_onnx, export_openvino, export_tflite, train
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,17 @@ _ENTRIES: tuple[StageEntry, ...] = (
         type="export_onnx", config=export_onnx.ExportOnnxConfig, run=export_onnx.run_export_onnx,
         summary="Export to one self-contained ONNX file, verified against PyTorch.",
         accepts=("model",), produces="onnx", extras=("onnx",),
+    ),
+    StageEntry(
+        type="export_openvino", config=export_openvino.ExportOpenVinoConfig,
+        run=export_openvino.run_export_openvino,
+        summary="Export to OpenVINO IR (.xml + .bin), FP32 or FP16, from PyTorch or ONNX; verified against PyTorch.",
+        accepts=("model", "onnx"), produces="openvino", extras=("openvino",),
+    ),
+    StageEntry(
+        type="export_tflite", config=export_tflite.ExportTfliteConfig, run=export_tflite.run_export_tflite,
+        summary="Export to TFLite via litert-torch, FP32 or FP16, NCHW or NHWC input; verified against PyTorch.",
+        accepts=("model",), produces="tflite", extras=("tflite",),
     ),
     StageEntry(
         type="benchmark", config=benchmark.BenchmarkConfig, run=benchmark.run_benchmark,

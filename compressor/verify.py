@@ -37,3 +37,26 @@ def check_agreement(
                f"the stage requires {min_agreement}% (option min_agreement)")
         raise ExportError(msg)
     return result
+
+
+DEFAULT_MIN_AGREEMENT = {"fp32": 99.9, "fp16": 99.0}
+
+
+def verify_artifact(backend: str, path: Any, meta: dict[str, Any], reference: np.ndarray, images: np.ndarray,
+                    min_agreement: float | None, threads: int, settings: dict[str, Any] | None = None,
+                    ) -> dict[str, Any]:
+    """Run an exported file on ``backend`` over ``images`` and check it against PyTorch's ``reference`` logits.
+
+    ``min_agreement`` None takes the precision's default (99.9% for fp32, 99% for fp16). The metrics
+    (top-1 agreement, max abs logit error, image count, the threshold) go to the stage's manifest.
+    """
+    from compressor.backends import RuntimeOptions, get_backend
+
+    fmt, precision = str(meta["format"]), str(meta["precision"])
+    threshold = min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT.get(precision, 99.0)
+    session = get_backend(backend).load(path, meta, RuntimeOptions(threads=threads, settings=settings or {}))
+    candidate = run_batched(session.run, images, session.batch_sizes())
+    result = check_agreement(fmt, precision, candidate, reference, threshold)
+    result["min_agreement"] = threshold
+    result["verified_with"] = backend
+    return result

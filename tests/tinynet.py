@@ -27,3 +27,18 @@ def not_a_module() -> str:
 def broken_factory() -> nn.Module:
     msg = "factory failed on purpose"
     raise RuntimeError(msg)
+
+
+class Histogram(nn.Module):
+    """Adds zero times a histogram: trainable, but ``aten::histc`` has no converter in OpenVINO or LiteRT."""
+
+    def forward(self, logits):  # type: ignore[no-untyped-def]
+        import torch
+
+        return logits + 0 * torch.histc(logits.detach(), bins=4).sum()
+
+
+def tiny_cnn_histc(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    model = tiny_cnn(num_classes, in_channels)
+    model.add_module("odd", Histogram())
+    return model

@@ -53,7 +53,7 @@ class BackendEntry:
     name: str
     formats: tuple[str, ...]
     target: str  # "module:Class"
-    requires: str  # importable module name
+    requires: str  # importable module name; "a|b" when either will do
     extra: str
     devices: tuple[str, ...] = ("cpu",)
 
@@ -62,13 +62,24 @@ BACKENDS: dict[str, BackendEntry] = {
     e.name: e for e in (
         BackendEntry("onnxruntime", ("onnx",), "compressor.backends.onnxruntime_backend:OnnxRuntimeBackend",
                      "onnxruntime", "onnx", ("cpu", "cuda")),
+        BackendEntry("openvino", ("openvino",), "compressor.backends.openvino_backend:OpenVinoBackend",
+                     "openvino", "openvino", ("cpu", "gpu")),
+        BackendEntry("litert", ("tflite",), "compressor.backends.litert_backend:LiteRtBackend",
+                     "ai_edge_litert|tflite_runtime", "tflite", ("cpu",)),
         BackendEntry("pytorch", ("model",), "compressor.backends.pytorch_backend:PyTorchBackend",
+                     "torch", "all", ("cpu", "cuda")),
+        BackendEntry("pytorch-compile", ("model",), "compressor.backends.pytorch_backend:PyTorchCompileBackend",
                      "torch", "all", ("cpu", "cuda")),
     )
 }
 
 # The backend a format uses when a benchmark names none.
-DEFAULT_BACKEND = {"onnx": "onnxruntime", "model": "pytorch"}
+DEFAULT_BACKEND = {"onnx": "onnxruntime", "model": "pytorch", "openvino": "openvino", "tflite": "litert"}
+
+
+def _installed(entry: BackendEntry) -> bool:
+    """Whether one of the entry's alternative modules ("a|b") can be imported."""
+    return any(importlib.util.find_spec(name) is not None for name in entry.requires.split("|"))
 
 
 def get_backend(name: str) -> Backend:
@@ -76,9 +87,9 @@ def get_backend(name: str) -> Backend:
     if entry is None:
         msg = f'unknown backend "{name}"{did_you_mean(name, BACKENDS)}; known backends: {", ".join(BACKENDS)}'
         raise BackendError(msg)
-    if importlib.util.find_spec(entry.requires) is None:
+    if not _installed(entry):
         what = f"the {name} backend"
-        raise MissingExtraError(what, entry.extra, entry.requires)
+        raise MissingExtraError(what, entry.extra, entry.requires.split("|")[0])
     module_name, _, cls_name = entry.target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     backend: Backend = cls()
@@ -86,4 +97,4 @@ def get_backend(name: str) -> Backend:
 
 
 def available_backends() -> list[str]:
-    return [name for name, e in BACKENDS.items() if importlib.util.find_spec(e.requires) is not None]
+    return [name for name, e in BACKENDS.items() if _installed(e)]

@@ -29,6 +29,11 @@ class BenchmarkConfig(StageConfig):
     time_budget_s: float = Field(2.0, gt=0, le=3600, description="Keep timing until this many seconds, after min_iters.")
     max_iters: int = Field(10000, ge=1)
     accuracy_images: int | None = Field(None, ge=1, description="Accuracy on an even slice of the val split (default: all).")
+    device: str = Field("cpu", description="Device for every backend: cpu, cuda (onnxruntime, pytorch), gpu (openvino).")
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-backend settings, e.g. {openvino: {hint: latency, streams: 1}, litert: {xnnpack: false}, "
+        "pytorch-compile: {mode: max-autotune}}.")
 
 
 def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:
@@ -61,13 +66,14 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
                if p.name in art.files.values())
     row: dict[str, Any] = {
         "stage": stage, "artifact": art.id[:12], "format": art.meta.get("format", art.kind),
-        "precision": art.meta.get("precision", "fp32"), "backend": backend, "batch": batch,
+        "precision": art.meta.get("precision", "fp32"), "backend": backend, "device": cfg.device, "batch": batch,
         "size_bytes": size, "macs": art.meta.get("macs"), "params": art.meta.get("params"),
         "status": "ok",
     }
     threads = cfg.threads or ctx.threads
     try:
-        session = get_backend(backend).load(path, art.meta, RuntimeOptions(threads=threads, device="cpu"))
+        options = RuntimeOptions(threads=threads, device=cfg.device, settings=cfg.settings.get(backend, {}))
+        session = get_backend(backend).load(path, art.meta, options)
         fixed = session.batch_sizes()
         if fixed and batch not in fixed:
             row.update(status="skipped", reason=f"file has a fixed batch of {fixed[0]}")
@@ -83,13 +89,14 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
         row.update(stats)
         row["throughput_ips"] = round(batch * 1000 / stats["median_ms"], 2) if stats["median_ms"] else None
         row["runtime"] = session.describe()
+        row["device"] = row["runtime"].get("device", cfg.device)
     except CompressorError as err:
         row.update(status="failed", reason=str(err))
     return row
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| stage | format | precision | backend | batch | size (KB) | top-1 | agreement | "
+    head = ("| stage | format | precision | backend | batch | device | size (KB) | top-1 | agreement | "
             "median ms | p90 ms | p99 ms | throughput (img/s) | status |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -98,6 +105,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
         lines.append(
             f"| {r['stage']} | {r['format']} | {r['precision']} | {r['backend']} | {r['batch']} | "
+            f"{r.get('device', '-')} | "
             f"{r['size_bytes'] / 1024:.0f} | {f('top1', '{:.2f}')} | {f('top1_agreement', '{:.2f}')} | "
             f"{f('median_ms', '{:.3f}')} | {f('p90_ms', '{:.3f}')} | {f('p99_ms', '{:.3f}')} | "
             f"{f('throughput_ips', '{:.1f}')} | {status} |"
