@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy compressor
 
 test: setup lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 compress: setup
 	$(VENV)/bin/compressor run $(RECIPE) $(if $(DATA),--data $(DATA)) $(if $(MODEL),--model $(MODEL))
