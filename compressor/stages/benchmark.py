@@ -35,9 +35,13 @@ class BenchmarkConfig(StageConfig):
         description="Where to run exported artifacts (local, cuda, ssh, arm64-emulated); default: in this "
         "process on the local CPU through the runtime backends.")
     modes: list[Literal["latency", "throughput"]] = Field(
-        default_factory=lambda: ["latency"], min_length=1,
+        ["latency"], min_length=1,
         description="latency: one request at a time; throughput: parallel requests (target runs only).")
     requests: int = Field(2, ge=1, le=64, description="Parallel requests in throughput mode.")
+    accuracy_budget: float = Field(1.0, ge=0, le=100, description="Top-1 points below the teacher an artifact "
+                                   "may lose and still count in the report's answer.")
+    teacher: str | None = Field(None, description="Stage whose row is the reference for speed-up and accuracy "
+                                "loss (default: the first PyTorch model among the inputs).")
 
 
 def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:

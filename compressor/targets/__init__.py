@@ -32,10 +32,11 @@ class _Target(BaseModel):
     name: str | None = Field(None, description="Label in reports (default: the type, or user@host for ssh).")
     threads: int | None = Field(None, ge=1, description="Runtime threads (default: the cores used).")
     cores: list[int] | None = Field(None, min_length=1, description="Pin the runner to these CPU cores.")
+    type: str
 
     @property
     def label(self) -> str:
-        return self.name or str(getattr(self, "type"))
+        return self.name or self.type
 
 
 class LocalTarget(_Target):
@@ -109,7 +110,7 @@ class TargetResult:
     @classmethod
     def all_rows(cls, target: _Target, job: Job, status: str, reason: str, emulated: bool = False) -> TargetResult:
         rows = {a.name: [{"status": status, "reason": reason}] for a in job.artifacts}
-        return cls(target.label, str(getattr(target, "type")), emulated=emulated, rows=rows, note=reason)
+        return cls(target.label, target.type, emulated=emulated, rows=rows, note=reason)
 
 
 def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> Path:
@@ -153,7 +154,7 @@ def parse_runner_output(target: _Target, job: Job, stdout: str, stderr: str, rc:
         tail = " | ".join(line.strip() for line in stderr.strip().splitlines()[-3:]) or "no output"
         return TargetResult.all_rows(target, job, "failed", f"runner exited with status {rc}: {tail}", emulated)
     rows = {a["name"]: a["rows"] for a in doc["artifacts"]}
-    return TargetResult(target.label, str(getattr(target, "type")), emulated=emulated,
+    return TargetResult(target.label, target.type, emulated=emulated,
                         environment=doc["environment"], rows=rows)
 
 

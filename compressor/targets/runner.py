@@ -83,7 +83,8 @@ class OnnxModel:
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime here has no CUDAExecutionProvider")
+                msg = "onnxruntime here has no CUDAExecutionProvider"
+                raise RuntimeError(msg)
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(path, so, providers=providers)
         inp = self.session.get_inputs()[0]
@@ -108,14 +109,15 @@ class OnnxModel:
 class TfliteModel:
     def __init__(self, path: str, threads: int, device: str):
         if device != "cpu":
-            raise RuntimeError("the TFLite runner measures CPU only")
+            msg = "the TFLite runner measures CPU only"
+            raise RuntimeError(msg)
         try:
-            from ai_edge_litert.interpreter import Interpreter
             import ai_edge_litert as rt_mod
+            from ai_edge_litert.interpreter import Interpreter
             name = "ai-edge-litert"
         except ImportError:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
             import tflite_runtime as rt_mod  # type: ignore[no-redef]
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
             name = "tflite-runtime"
         self.path, self.threads, self.cls = path, threads, Interpreter
         self.interp = Interpreter(model_path=path, num_threads=threads)
@@ -254,7 +256,7 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
     if job.get("cores"):
         os.sched_setaffinity(0, set(job["cores"]))
     threads = job["threads"] or len(os.sched_getaffinity(0))
-    model = LOADERS[art["format"]](str(base / art["path"]), threads, job.get("device", "cpu"))
+    model: Any = LOADERS[art["format"]](str(base / art["path"]), threads, job.get("device", "cpu"))
     images = np.load(base / job["inputs"]) if job.get("inputs") else None
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in model.shape]
     if images is None:  # latency only: random data of the file's own shape, as NCHW float
@@ -301,7 +303,7 @@ def run_in_child(art: dict[str, Any], job: dict[str, Any], base: Path) -> list[d
     if pid == 0:
         os.close(read_fd)
         try:
-            payload = {"rows": bench_artifact(art, job, base)}
+            payload: dict[str, Any] = {"rows": bench_artifact(art, job, base)}
         except BaseException as err:  # noqa: BLE001 - everything becomes the row's reason
             last = traceback.format_exc().strip().splitlines()[-1]
             payload = {"error": f"{type(err).__name__}: {err}" if str(err) else last}

@@ -64,11 +64,11 @@ def _pytorch_rows(cfg: Any, ctx: StageContext, stage: str, art: Artifact, target
     device = "cuda" if isinstance(target, CudaTarget) else "cpu"
     for batch in cfg.batch_sizes:
         if device == "cpu":
-            row = bench_row(ctx, sub, stage, art, "pytorch", batch, images, labels, reference)
+            made = [bench_row(ctx, sub, stage, art, "pytorch", batch, images, labels, reference)]
         else:
-            row = _pytorch_cuda_rows(ctx, sub, stage, art, batch, images, labels, reference)
-        for r in row if isinstance(row, list) else [row]:
-            r.update(target=target.label, target_type=str(target.type), emulated=False, mode="latency")
+            made = _pytorch_cuda_rows(ctx, sub, stage, art, batch, images, labels, reference)
+        for r in made:
+            r.update(target=target.label, target_type=target.type, emulated=False, mode="latency")
             rows.append(r)
     return rows
 
@@ -106,7 +106,10 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
         if reference is not None:
             row.update(agreement(logits, reference))
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        row.update(measure_latency(lambda s=sample: run(s), warmup=cfg.warmup, min_iters=cfg.min_iters,
+        def call(s: np.ndarray = sample) -> np.ndarray:
+            return run(s)
+
+        row.update(measure_latency(call, warmup=cfg.warmup, min_iters=cfg.min_iters,
                                    time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters))
         rows.append(row)
     return rows
@@ -146,7 +149,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
             base = {"stage": stage, "artifact": art.id[:12], "format": fmt,
                     "precision": art.meta.get("precision", "fp32"), "backend": "-", "batch": None,
                     "size_bytes": artifact_size(ctx, art), "macs": art.meta.get("macs"),
-                    "params": art.meta.get("params"), "target": target.label, "target_type": str(target.type)}
+                    "params": art.meta.get("params"), "target": target.label, "target_type": target.type}
             if fmt == "model":
                 if isinstance(target, LocalTarget):
                     rows += _pytorch_rows(cfg, ctx, stage, art, target, images, labels, refs[art.id])
@@ -167,7 +170,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
                      "environment": r.environment} for r in results]
     for target in cfg.targets:
         if target.label not in by_target:
-            environments.append({"target": target.label, "type": str(target.type),
+            environments.append({"target": target.label, "type": target.type,
                                  "emulated": isinstance(target, EmulatedTarget), "note": None, "environment": {}})
     write_json(ctx.out_dir / "results.json", {"rows": rows, "targets": environments})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
