@@ -219,10 +219,16 @@ def parse_target(spec: str) -> Any:
             opts[key] = value
     from pydantic import TypeAdapter, ValidationError
 
+    from compressor.errors import did_you_mean
+
+    kinds = ("local", "cuda", "ssh", "arm64-emulated")
+    if kind not in kinds:
+        msg = f"target {spec!r}: unknown type {kind!r}{did_you_mean(kind, kinds)}; known: {', '.join(kinds)}"
+        raise CompressorError(msg)
     try:
         return TypeAdapter(TargetConfig).validate_python({"type": kind, **opts})
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = f"target {spec!r}: {where}: {first['msg']} (types: local, cuda, ssh, arm64-emulated)"
+        where = ".".join(str(p) for p in first["loc"][1:])
+        msg = f"target {spec!r}: {where}: {first['msg']}"
         raise CompressorError(msg) from None
