@@ -43,8 +43,8 @@ def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
-@pytest.fixture
-def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
+@pytest.fixture(name="ssh_server")
+def ssh_server_fixture(tmp_path: Path) -> Iterator[SshServer]:
     folder = tmp_path / "sshd"
     folder.mkdir()
     _keygen(folder / "host_key")

@@ -21,7 +21,7 @@ from compressor.targets import (
 )
 from compressor.targets.cuda import CudaTarget, cuda_absent_reason
 from compressor.targets.emulated import rootfs_problem
-from tests.sshd import SshServer, needs_sshd, ssh_server  # noqa: F401 - fixture
+from tests.sshd import SshServer, needs_sshd, ssh_server_fixture  # noqa: F401 - the ssh_server fixture
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTFS = REPO / ".cache" / "arm64-rootfs"
