@@ -22,10 +22,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _log_x(ax: Any) -> None:
-    """Log latency axis with plain numbers (1, 2, 5 per decade) instead of 2x10^-2 labels."""
+def _log_x(ax: Any, values: list[float]) -> None:
+    """Log latency axis with plain numbers (1, 2, 5 per decade); linear when the values span < 10x."""
     from matplotlib.ticker import FuncFormatter
 
+    positive = [v for v in values if v > 0]
+    if not positive or max(positive) / min(positive) < 10:
+        return
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(
@@ -76,8 +79,8 @@ def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any
         if base:
             ax.scatter([], [], facecolors="none", edgecolors="grey", label="baseline")
         emulated = any(r.get("emulated") for r in mine)
-        _log_x(ax)
-        ax.set_xlabel("median latency, ms (log)" + (" — EMULATED, not comparable" if emulated else ""))
+        _log_x(ax, [p[0] for p in pts] + [b["median_ms"] for b in base.values() if b.get("target") == target])
+        ax.set_xlabel("median latency, ms" + (" — EMULATED, not comparable" if emulated else ""))
         ax.set_ylabel("top-1 %")
         batch = mine[0]["batch"]
         ax.set_title(f"{target}{' (emulated)' if emulated else ''}: batch {batch}, latency mode")
@@ -157,15 +160,18 @@ def latency_distribution(rows: list[dict[str, Any]], baseline: list[dict[str, An
             if b is not None and (box := _box(b, _label(r) + " (baseline)")):
                 stats.append(box)
                 colors.append("lightgrey")
-            if box := _box(r, _label(r)):
+            change = ""
+            if b is not None and b.get("median_ms"):
+                change = f" ({(r['median_ms'] / b['median_ms'] - 1) * 100:+.0f}% median)"
+            if box := _box(r, _label(r) + change):
                 stats.append(box)
                 colors.append("tab:blue")
         artists = ax.bxp(stats, orientation="horizontal", patch_artist=True, showfliers=True)
         for patch, color in zip(artists["boxes"], colors, strict=True):
             patch.set_facecolor(color)
         emulated = any(r.get("emulated") for r in mine)
-        _log_x(ax)
-        ax.set_xlabel("latency per call, ms (log): box p25–p75, whiskers p5–p95, dots min/max")
+        _log_x(ax, [v for st in stats for v in (st["whislo"], st["whishi"], *st["fliers"])])
+        ax.set_xlabel("latency per call, ms: box p25–p75, whiskers p5–p95, dots min/max")
         ax.set_title(f"{target}{' — EMULATED latency' if emulated else ''}: batch {mine[0]['batch']}")
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(alpha=0.3, axis="x")
