@@ -102,6 +102,7 @@ def test_target_specs_from_the_command_line() -> None:
     t = parse_target("ssh:pi@board.local:2222,key=/k,known_hosts=/kh,name=pi4")
     assert (t.host, t.port, t.user, t.label, str(t.key)) == ("board.local", 2222, "pi", "pi4", "/k")
     assert parse_target("local:threads=2,cores=0-1").cores == [0, 1]
+    assert str(parse_target("ssh:pi@h,key=~/k,known_hosts=/kh").key) == str(Path.home() / "k")
     assert parse_target("arm64-emulated").label == "arm64-emulated"
     with pytest.raises(CompressorError, match=r"target 'ssh:pi@h': key: Field required"):
         parse_target("ssh:pi@h")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compressor.errors import CompressorError
 
@@ -61,6 +61,11 @@ class SshTarget(_Target):
     @property
     def label(self) -> str:
         return self.name or f"{self.user}@{self.host}:{self.port}"
+
+    @field_validator("key", "known_hosts")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class EmulatedTarget(_Target):
