@@ -144,3 +144,18 @@ def test_int8_onnx_and_tflite_agree_between_x86_and_emulated_arm64(tmp_path: Pat
         assert abs(x86_row["top1"] - arm_row["top1"]) <= 2
     assert arm.rows["tflite_int8"][0]["runtime"]["input_dtype"] == "int8"
     assert arm.rows["tflite_int8"][0]["precision"] == "int8"
+
+
+def test_a_target_can_score_an_even_subset(tmp_path: Path) -> None:
+    from compressor.targets import subset
+    from compressor.targets.stage_rows import target_row
+
+    assert subset(10, 3).tolist() == [0, 4, 9] and subset(3, None).tolist() == [0, 1, 2]
+    images, labels = _data(40)
+    job = Job([JobArtifact("tiny", "onnx", _tiny_onnx(tmp_path))], images, labels, **FAST)
+    full, part = run_targets([LocalTarget(name="all"), LocalTarget(name="ten", accuracy_images=10)], job,
+                             tmp_path / "work")
+    assert full.rows["tiny"][0]["accuracy_images"] == 40 and part.rows["tiny"][0]["accuracy_images"] == 10
+    reference = np.asarray(full.rows["tiny"][0]["predictions"])
+    row = target_row({"stage": "tiny"}, part, part.rows["tiny"][0], reference)
+    assert row["top1_agreement"] == 100.0 and "predictions" not in row

@@ -32,6 +32,8 @@ class _Target(BaseModel):
     name: str | None = Field(None, description="Label in reports (default: the type, or user@host for ssh).")
     threads: int | None = Field(None, ge=1, description="Runtime threads (default: the cores used).")
     cores: list[int] | None = Field(None, min_length=1, description="Pin the runner to these CPU cores.")
+    accuracy_images: int | None = Field(
+        None, ge=1, description="Score accuracy on an even subset of this many images here (slow boards, emulation).")
     type: str
 
     @property
@@ -118,6 +120,13 @@ class TargetResult:
         return cls(target.label, target.type, emulated=emulated, rows=rows, note=reason)
 
 
+def subset(total: int, count: int | None) -> np.ndarray:
+    """Indices of an even subset of ``count`` out of ``total`` (all when count is None or larger)."""
+    if count is None or count >= total:
+        return np.arange(total)
+    return np.linspace(0, total - 1, count).round().astype(int)
+
+
 def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> Path:
     """Write runner.py, job.json, inputs and artifact files (copied) into ``folder``; return job.json."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,10 +137,12 @@ def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> P
         "requests": job.requests, "threads": target.threads, "cores": target.cores, "device": device,
     }
     if job.images is not None:
-        np.save(folder / "inputs.npy", np.ascontiguousarray(job.images, dtype=np.float32))
+        keep = subset(len(job.images), target.accuracy_images)
+        np.save(folder / "inputs.npy", np.ascontiguousarray(job.images[keep], dtype=np.float32))
         spec["inputs"] = "inputs.npy"
     if job.labels is not None:
-        np.save(folder / "labels.npy", np.asarray(job.labels, dtype=np.int64))
+        keep = subset(len(job.labels), target.accuracy_images)
+        np.save(folder / "labels.npy", np.asarray(job.labels[keep], dtype=np.int64))
         spec["labels"] = "labels.npy"
     for i, art in enumerate(job.artifacts):
         sub = folder / f"a{i}"

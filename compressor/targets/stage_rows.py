@@ -24,6 +24,7 @@ from compressor.targets import (
     LocalTarget,
     TargetResult,
     run_targets,
+    subset,
 )
 
 RUNNER_FORMATS = ("onnx", "tflite", "openvino")
@@ -48,8 +49,10 @@ def target_row(base: dict[str, Any], result: TargetResult, runner_row: dict[str,
             row[key] = value
     if runner_row.get("precision") and row.get("precision") in (None, "unknown"):
         row["precision"] = runner_row["precision"]
-    if pred is not None and reference_pred is not None and len(pred) == len(reference_pred):
-        row["top1_agreement"] = round(float((np.asarray(pred) == reference_pred).mean() * 100), 3)
+    if pred is not None and reference_pred is not None and len(pred) <= len(reference_pred):
+        # a target with accuracy_images saw an even subset: compare on the same subset
+        ref = reference_pred[subset(len(reference_pred), len(pred))]
+        row["top1_agreement"] = round(float((np.asarray(pred) == ref).mean() * 100), 3)
     if result.emulated and "median_ms" in row:
         row["latency_note"] = "emulated (qemu): not comparable with native latencies"
     return row
