@@ -192,21 +192,33 @@ def _runner_for(target: _Target) -> Callable[[Any, Job, Path], TargetResult]:
 
 
 def run_targets(targets: list[Any], job: Job, workdir: Path) -> list[TargetResult]:
-    """Run ``job`` on every target in parallel (one thread each; the work happens in child processes)."""
+    """Run ``job`` on every target: SSH devices in parallel (one thread each), while the targets that use
+    this machine's CPU (local, cuda, arm64-emulated) run one after another in one more thread, so they
+    never time each other."""
     labels = [t.label for t in targets]
     if len(set(labels)) != len(labels):
         msg = f"benchmark targets need distinct names, got {labels}; set name: on the repeated ones"
         raise CompressorError(msg)
 
-    def one(i_target: tuple[int, Any]) -> TargetResult:
-        i, target = i_target
+    def one(i: int) -> TargetResult:
+        target = targets[i]
         try:
             return _runner_for(target)(target, job, workdir / f"t{i}")
         except CompressorError as err:
             return TargetResult.all_rows(target, job, "failed", str(err))
 
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        return list(pool.map(one, enumerate(targets)))
+    on_this_machine = [i for i, t in enumerate(targets) if not isinstance(t, SshTarget)]
+    remote = [i for i, t in enumerate(targets) if isinstance(t, SshTarget)]
+    results: dict[int, TargetResult] = {}
+
+    def run_group(group: list[int]) -> None:
+        for i in group:
+            results[i] = one(i)
+
+    with ThreadPoolExecutor(max_workers=len(remote) + 1) as pool:
+        for future in [pool.submit(run_group, g) for g in [on_this_machine, *([i] for i in remote)]]:
+            future.result()
+    return [results[i] for i in range(len(targets))]
 
 
 def parse_target(spec: str) -> Any:
