@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RECIPE ?= recipes/demo.yaml
 PYTEST_ARGS ?=
+ARM_ROOTFS ?= .cache/arm64-rootfs
 
-.PHONY: help setup data demo test lint compress bench report release verify clean
+.PHONY: help setup data ssh-server arm-rootfs demo test lint compress bench report release verify clean
 
 help:
-	@echo "make demo | test | lint | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
+	@echo "make demo | test | lint | arm-rootfs | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
 	@echo "make release RECIPE=... VERSION=... [BASELINE=bundle] [OUT=dir] | verify BUNDLE=dir"
 
 # Reinstall only when pyproject.toml's content changes (not its mtime: a checkout touches that).
@@ -24,7 +25,20 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-setup: $(STAMP) data
+setup: $(STAMP) data ssh-server
+
+# The OpenSSH server the ssh-target tests start on 127.0.0.1 (they skip without it).
+ssh-server:
+	@if [ -x /usr/sbin/sshd ]; then :; else \
+	  echo "installing openssh-server (for the ssh benchmark-target tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; fi
+	@mkdir -p /run/sshd
+
+# arm64 Debian root for the arm64-emulated target (debootstrap + qemu-user-static; about a minute).
+arm-rootfs: $(ARM_ROOTFS)/compressor-rootfs.json
+
+$(ARM_ROOTFS)/compressor-rootfs.json: scripts/build_arm_rootfs.sh
+	PIP="$(PY) -m pip" scripts/build_arm_rootfs.sh $(ARM_ROOTFS)
 
 data:
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; else \
@@ -38,7 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check compressor tests benchmarks
 	$(VENV)/bin/mypy compressor
 
-test: setup lint
+test: setup lint arm-rootfs
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 compress: setup
@@ -61,3 +75,4 @@ verify: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+	@echo "(the arm64 root in $(ARM_ROOTFS) is kept; rm -rf it to rebuild)"

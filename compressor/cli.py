@@ -136,7 +136,59 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from compressor.report import write_report
 
-    path = write_report(Path(args.run_dir))
+    path = write_report(Path(args.run_dir), Path(args.baseline) if args.baseline else None, args.budget,
+                        args.latency_tolerance, args.accuracy_tolerance)
+    print(f"report: {path} (+ report.html, results.json, PNG figures)")
+    if args.baseline and args.fail_on_regression:
+        doc = json.loads((path.parent / "results.json").read_text())
+        regressions = (doc.get("comparison") or {}).get("regressions", 0)
+        if regressions:
+            _err(f"{regressions} regression(s) against {args.baseline}; see {path}")
+            return 1
+    return 0
+
+
+def _targets_from(args: argparse.Namespace) -> list:
+    from compressor.targets import parse_target
+
+    targets = [parse_target(spec) for spec in args.target or []]
+    if args.targets_file:
+        import yaml
+        from pydantic import TypeAdapter, ValidationError
+
+        from compressor.targets import TargetConfig
+
+        path = Path(args.targets_file)
+        if not path.is_file():
+            msg = f"--targets-file {path} does not exist"
+            raise CompressorError(msg)
+        try:
+            targets += TypeAdapter(list[TargetConfig]).validate_python(yaml.safe_load(path.read_text()))
+        except ValidationError as err:
+            first = err.errors()[0]
+            msg = f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+            raise CompressorError(msg) from None
+    return targets or [parse_target("local")]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from compressor.bench_external import run_bench
+
+    preprocess = None
+    if args.preprocess:
+        try:
+            preprocess = json.loads(args.preprocess)
+        except json.JSONDecodeError as err:
+            msg = f"--preprocess is not JSON ({err}); e.g. '{{\"crop\": 224, \"channels\": 3}}'"
+            raise CompressorError(msg) from err
+    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    timing = {"warmup": args.warmup, "min_iters": args.min_iters, "time_budget_s": args.time_budget_s,
+              "max_iters": args.max_iters, "requests": args.requests}
+    path = run_bench([Path(p) for p in args.artifacts], _targets_from(args), out, args.data, preprocess,
+                     [int(b) for b in args.batch_sizes.split(",")], args.mode or ["latency"], args.images,
+                     args.budget, timing, log=_log)
     print(f"report: {path}")
     return 0
 
@@ -184,9 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stages", help="list the stage types")
     p.set_defaults(func=cmd_stages)
 
-    p = sub.add_parser("report", help="(re)write report.md of a run folder")
+    p = sub.add_parser("report", help="(re)write report.md/.html, results.json and figures of a run folder")
     p.add_argument("run_dir")
+    p.add_argument("--baseline", help="another run folder: show changes and flag regressions")
+    p.add_argument("--budget", type=float, help="top-1 points below the teacher allowed (default: the recipe's)")
+    p.add_argument("--latency-tolerance", type=float, default=10.0, help="median slow-down %% flagged (default 10)")
+    p.add_argument("--accuracy-tolerance", type=float, default=0.5, help="top-1 drop in points flagged (default 0.5)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="benchmark ONNX / OpenVINO IR / TFLite files on targets")
+    p.add_argument("artifacts", nargs="+", help=".onnx, .tflite or OpenVINO .xml files")
+    p.add_argument("--data", help="labelled images: a folder of class folders (or with val/), or fashion-mnist")
+    p.add_argument("--preprocess", help='JSON, e.g. {"resize": 256, "crop": 224, "channels": 3} '
+                   "(default: the artifact's metadata)")
+    p.add_argument("--images", type=int, help="use at most this many labelled images")
+    p.add_argument("--target", action="append", help="local[:threads=N,cores=0-3] | cuda | arm64-emulated | "
+                   "ssh:USER@HOST[:PORT],key=FILE,known_hosts=FILE (repeatable)")
+    p.add_argument("--targets-file", help="YAML list of targets (the benchmark stage's targets syntax)")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated (default 1)")
+    p.add_argument("--mode", action="append", choices=["latency", "throughput"], help="repeatable (default latency)")
+    p.add_argument("--requests", type=int, default=2, help="parallel requests in throughput mode")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--min-iters", type=int, default=50)
+    p.add_argument("--time-budget-s", type=float, default=2.0)
+    p.add_argument("--max-iters", type=int, default=10000)
+    p.add_argument("--budget", type=float, default=1.0, help="top-1 points below the first file allowed")
+    p.add_argument("--out", help="output folder (default runs/bench-<time>)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -23,6 +23,8 @@ def latency_stats(samples_ns: list[int]) -> dict[str, Any]:
         "min_ms": round(float(ms.min()), 4),
         "max_ms": round(float(ms.max()), 4),
         "cv": round(std / mean, 4) if mean > 0 else 0.0,
+        # every 5%: enough to draw the distribution without keeping every sample
+        "quantiles_ms": [round(float(q), 4) for q in np.percentile(ms, np.linspace(0, 100, 21))],
     }
 
 

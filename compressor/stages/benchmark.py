@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -16,6 +16,7 @@ from compressor.errors import CompressorError
 from compressor.measure import measure_latency
 from compressor.metrics import agreement, classification_metrics
 from compressor.models import load_model_artifact
+from compressor.targets import TargetConfig
 from compressor.verify import run_batched
 
 
@@ -34,6 +35,18 @@ class BenchmarkConfig(StageConfig):
         default_factory=dict,
         description="Per-backend settings, e.g. {openvino: {hint: latency, streams: 1}, litert: {xnnpack: false}, "
         "pytorch-compile: {mode: max-autotune}}.")
+    targets: list[TargetConfig] = Field(
+        default_factory=list,
+        description="Where to run exported artifacts (local, cuda, ssh, arm64-emulated); default: in this "
+        "process on the local CPU through the runtime backends.")
+    modes: list[Literal["latency", "throughput"]] = Field(
+        ["latency"], min_length=1,
+        description="latency: one request at a time; throughput: parallel requests (target runs only).")
+    requests: int = Field(2, ge=1, le=64, description="Parallel requests in throughput mode.")
+    accuracy_budget: float = Field(1.0, ge=0, le=100, description="Top-1 points below the teacher an artifact "
+                                   "may lose and still count in the report's answer.")
+    teacher: str | None = Field(None, description="Stage whose row is the reference for speed-up and accuracy "
+                                "loss (default: the first PyTorch model among the inputs).")
 
 
 def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:
@@ -68,7 +81,7 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
         "stage": stage, "artifact": art.id[:12], "format": art.meta.get("format", art.kind),
         "precision": art.meta.get("precision", "fp32"), "backend": backend, "device": cfg.device, "batch": batch,
         "size_bytes": size, "macs": art.meta.get("macs"), "params": art.meta.get("params"),
-        "status": "ok",
+        "status": "ok", "target": "local", "target_type": "local", "mode": "latency", "emulated": False,
     }
     threads = cfg.threads or ctx.threads
     try:
@@ -96,24 +109,30 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| stage | format | precision | backend | batch | device | size (KB) | top-1 | agreement | "
-            "median ms | p90 ms | p99 ms | throughput (img/s) | status |")
+    head = ("| target | stage | format | precision | backend | batch | device | mode | size (KB) | top-1 | "
+            "agreement | median ms | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         def f(key: str, fmt: str = "{}", r: dict[str, Any] = r) -> str:
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        target = r.get("target", "local") + (" (emulated)" if r.get("emulated") else "")
         lines.append(
-            f"| {r['stage']} | {r['format']} | {r['precision']} | {r['backend']} | {r['batch']} | "
-            f"{r.get('device', '-')} | "
+            f"| {target} | {r['stage']} | {r['format']} | {r['precision']} | {r['backend']} | {r.get('batch') or '-'} | "
+            f"{r.get('device', '-')} | {r.get('mode', 'latency')} | "
             f"{r['size_bytes'] / 1024:.0f} | {f('top1', '{:.2f}')} | {f('top1_agreement', '{:.2f}')} | "
-            f"{f('median_ms', '{:.3f}')} | {f('p90_ms', '{:.3f}')} | {f('p99_ms', '{:.3f}')} | "
+            f"{f('median_ms', '{:.3f}')} | {f('p90_ms', '{:.3f}')} | {f('p99_ms', '{:.3f}')} | {f('cv', '{:.2f}')} | "
+            f"{f('peak_rss_mb', '{:.0f}')} | "
             f"{f('throughput_ips', '{:.1f}')} | {status} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
+    if cfg.targets:
+        from compressor.targets.stage_rows import run_on_targets
+
+        return run_on_targets(cfg, ctx)
     if cfg.inputs:
         artifacts = list(zip(cfg.inputs, ctx.inputs["inputs"], strict=True))
     else:
