@@ -92,3 +92,11 @@ class GateFailed(CompressorError):
     """A release gate failed (exit code 1, as CI systems expect)."""
 
     exit_code = 1
+
+
+class AccuracyGoalError(CompressorError):
+    """Quantization could not meet its accuracy goal; ``attempts`` lists what was tried."""
+
+    def __init__(self, message: str, attempts: Sequence[dict[str, object]] = ()):
+        self.attempts = list(attempts)
+        super().__init__(message)
