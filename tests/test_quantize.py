@@ -118,3 +118,36 @@ def test_config_errors_are_pinned(shared_out: Path) -> None:
         validate_document(bad)
     ok = validate_document(_doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "input": "onnx"}]))
     assert ok.stages[-1].config.format == "tflite"
+
+
+@pytest.mark.slow
+def test_qat_exports_int8_onnx_and_openvino(shared_out: Path) -> None:
+    # Builds NNCF's torch extension on first use (make setup does it once; minutes on 2 busy cores).
+    doc = _doc(shared_out, [
+        {"name": "qat_ov", "type": "quantize", "input": "teacher", "mode": "qat", "format": "openvino",
+         "calibration_images": 32, "qat": {"epochs": 1}, "min_agreement": 0},
+        {"name": "qat_onnx", "type": "quantize", "input": "teacher", "mode": "qat", "format": "onnx",
+         "calibration_images": 32, "qat": {"epochs": 1, "distill": False}, "min_agreement": 0},
+    ])
+    stages = _run(doc)
+    out = Path(doc["output"])
+    import onnx
+
+    onnx_file = out / next(f["path"] for f in stages["qat_onnx"]["files"] if f["role"] == "model")
+    ops = {n.op_type for n in onnx.load(str(onnx_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "FakeQuantize" not in ops
+    xml = out / next(f["path"] for f in stages["qat_ov"]["files"] if f["role"] == "xml")
+    assert "FakeQuantize" in xml.read_text()
+    for name in ("qat_ov", "qat_onnx"):
+        m = stages[name]["metrics"]
+        assert m["qat_history"] and m["top1_agreement"] > 50
+
+
+def test_qat_refuses_dynamo_export() -> None:
+    from torch import nn
+
+    from compressor.errors import ExportError
+    from compressor.quant.qat import export_onnx
+
+    with pytest.raises(ExportError, match="needs exporter: torchscript"):
+        export_onnx(nn.Identity(), None, Path("unused.onnx"), "dynamo", 17)  # type: ignore[arg-type]

@@ -132,3 +132,16 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
                "train more epochs (qat.epochs) or lower qat.lr")
         raise AccuracyGoalError(msg, [{"method": "qat", "top1": int8_top1, "ptq_top1": ptq_top1}])
     return StageOutput(_artifact(ctx, cfg.format, files, settings, []), metrics)
+
+
+def build_extension() -> Path:
+    """Compile (or load the cached) NNCF CPU extension once; ``make setup`` calls this."""
+    prepare_nncf_env()
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
+
+    QuantizedFunctionsCPULoader.load()
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+if __name__ == "__main__":
+    print(f"NNCF torch extension ready under {build_extension()}")

@@ -177,21 +177,28 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
     metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "settings": _settings(cfg, plan)}
     extra_files: dict[str, str] = {}
 
-    rows = None
-    if cfg.sensitivity_report or cfg.max_accuracy_drop is not None:
-        n = min(cfg.sensitivity_images, len(val_images))
-        rows = layer_sensitivity(lambda ex: plan.runner(plan.quantize(ex)), plan.layers(), val_images[:n],
-                                 val_labels[:n], fp32_logits[:n], lambda it, desc: ctx.progress(it, desc))
-        info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": fp32_top1}
-        extra_files = write_report(ctx.out_dir, rows, info)
-        write_report(ctx.work_dir, rows, info)  # kept when the stage fails
-        metrics["most_sensitive"] = [r["layer"] for r in rows[:5]]
+    rows: list[dict[str, Any]] | None = None
 
+    def sensitivity() -> list[dict[str, Any]]:
+        nonlocal rows, extra_files
+        if rows is None:
+            n = min(cfg.sensitivity_images, len(val_images))
+            rows = layer_sensitivity(lambda ex: plan.runner(plan.quantize(ex)), plan.layers(), val_images[:n],
+                                     val_labels[:n], fp32_logits[:n], lambda it, desc: ctx.progress(it, desc))
+            info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": fp32_top1}
+            extra_files = write_report(ctx.out_dir, rows, info)
+            write_report(ctx.work_dir, rows, info)  # kept when the stage fails
+            metrics["most_sensitive"] = [r["layer"] for r in rows[:5]]
+        return rows
+
+    if cfg.sensitivity_report:
+        sensitivity()
     excluded: list[str] = []
     candidate = plan.quantize([])
     int8_logits = evaluate.logits(plan.runner(candidate), val_images)
     int8_top1 = round(float((int8_logits.argmax(1) == val_labels).mean()) * 100, 3)
     if cfg.max_accuracy_drop is not None and fp32_top1 - int8_top1 > cfg.max_accuracy_drop:
+        sensitivity()  # the per-layer report is always written when accuracy control runs
         attempts: list[dict[str, Any]] = [{"method": "ptq", "top1": int8_top1, "drop": round(fp32_top1 - int8_top1, 3)}]
         done = False
         if cfg.accuracy_control in ("auto", "nncf") and plan.fmt in ("onnx", "openvino"):
@@ -215,10 +222,10 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
                 raise AccuracyGoalError(
                     msg,
                     attempts)
-            assert rows is not None
+            ranking = [r["layer"] for r in sensitivity()]
             try:
                 result = restore_until_within(
-                    lambda ex: plan.runner(plan.quantize(ex)), [r["layer"] for r in rows], val_images, val_labels,
+                    lambda ex: plan.runner(plan.quantize(ex)), ranking, val_images, val_labels,
                     fp32_top1, cfg.max_accuracy_drop, cfg.max_float_layers, plan.fmt,
                     first=([], int8_top1))
             except AccuracyGoalError as err:
