@@ -43,7 +43,7 @@ class QatOptions(TrainOptions):
 
 class QuantizeConfig(StageConfig):
     mode: Literal["ptq", "qat"] = "ptq"
-    format: Literal["onnx", "openvino", "tflite"]
+    format: Literal["onnx", "openvino", "tflite"] = Field("onnx", description="INT8 artifact kind to make.")
     engine: Literal["auto", "onnxruntime", "nncf", "pt2e", "ai_edge_quantizer"] = Field(
         "auto", description="onnx: onnxruntime (default) or nncf; openvino: nncf; tflite: pt2e (default) or "
         "ai_edge_quantizer.")
