@@ -23,8 +23,25 @@ def _runner(fmt: str, path: Path, threads: int) -> Any:
     if fmt == "onnx":
         return evaluate.onnx_runner(path, threads)
     if fmt == "openvino":
-        return evaluate.openvino_runner(path, threads)
+        return evaluate.openvino_runner(path, threads)  # an ov.Model or an IR path
     return evaluate.tflite_runner(path, threads)
+
+
+def _fp32_tflite(run: Path, manifest: dict[str, Any], stage: dict[str, Any]) -> Path:
+    """The FP32 flatbuffer of the stage's source PyTorch model, converted with litert-torch."""
+    import torch
+
+    from compressor.models import load_model_artifact
+    from compressor.quant.tflite import convert_fp32
+
+    src = stage["artifact"]["meta"]["source_model"]
+    weights = run / next(f["path"] for s in manifest["stages"] if s["key"] == src["id"]
+                         for f in s["files"] if f["role"] == "weights")
+    model = load_model_artifact(src["meta"], weights)
+    path = run / "fp32_reference.tflite"
+    if not path.exists():
+        convert_fp32(model, torch.zeros(1, *stage["artifact"]["meta"]["input_shape"]), path)
+    return path
 
 
 def main() -> None:
@@ -43,12 +60,14 @@ def main() -> None:
         fmt = stage["artifact"]["kind"]
         role = "xml" if fmt == "openvino" else "model"
         int8 = args.run / next(f["path"] for f in stage["files"] if f["role"] == role)
-        work = args.run / "cache" / f"{stage['key']}.work"
-        fp32 = next((p for p in (work / "fp32.xml", work / "fp32.tflite", work / "preprocessed.onnx") if p.exists()),
-                    None)
-        if fp32 is None or fmt == "onnx":
-            src = next(s for s in manifest["stages"] if s["type"] == "export_onnx")
-            fp32 = args.run / next(f["path"] for f in src["files"] if f["role"] == "model")
+        onnx_stage = next(s for s in manifest["stages"] if s["type"] == "export_onnx")
+        fp32: Any = args.run / next(f["path"] for f in onnx_stage["files"] if f["role"] == "model")
+        if fmt == "openvino":
+            from compressor.quant.openvino import read_ov_model
+
+            fp32 = read_ov_model(fp32)
+        elif fmt == "tflite":
+            fp32 = _fp32_tflite(args.run, manifest, stage)
         shape = stage["artifact"]["meta"]["input_shape"]
         sample = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
         m = stage["metrics"]
