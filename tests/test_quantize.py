@@ -151,3 +151,19 @@ def test_qat_refuses_dynamo_export() -> None:
 
     with pytest.raises(ExportError, match="needs exporter: torchscript"):
         export_onnx(nn.Identity(), None, Path("unused.onnx"), "dynamo", 17)  # type: ignore[arg-type]
+
+
+def test_stale_nncf_build_lock_is_cleared(tmp_path: Path) -> None:
+    import os
+
+    from compressor.quant.qat import clear_stale_locks
+
+    build = tmp_path / "nncf" / "quantized_functions_cpu" / "2.14"
+    build.mkdir(parents=True)
+    lock = build / "lock"
+    lock.touch()
+    assert clear_stale_locks(tmp_path) == []  # no library yet: a build may be running
+    lib = build / "quantized_functions_cpu.so"
+    lib.touch()
+    os.utime(lock, (1, 1))  # the lock predates the finished library
+    assert clear_stale_locks(tmp_path) == [lock] and not lock.exists()

@@ -22,9 +22,27 @@ EXTENSIONS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensi
 
 
 def prepare_nncf_env() -> None:
-    """Defaults for the NNCF extension build, unless the user set them."""
+    """Defaults for the NNCF extension build, unless the user set them; clears stale build locks."""
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXTENSIONS_DIR))
+    clear_stale_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
+
+
+def clear_stale_locks(root: Path) -> list[Path]:
+    """Remove build locks that a finished or killed build left beside its library.
+
+    torch's JIT loader takes ``<build dir>/lock`` on every load and waits forever while the file
+    exists. NNCF loads its extension from a worker thread, so a process that exits right after the
+    build (or a build killed part-way) can leave the file behind; a lock no newer than the built
+    ``.so`` belongs to no running build.
+    """
+    removed = []
+    for lock in root.glob("nncf/*/*/lock"):
+        libraries = list(lock.parent.glob("*.so"))
+        if libraries and all(lib.stat().st_mtime >= lock.stat().st_mtime for lib in libraries):
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
 
 
 class Wrapped(nn.Module):
@@ -140,7 +158,9 @@ def build_extension() -> Path:
     from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
 
     QuantizedFunctionsCPULoader.load()
-    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    clear_stale_locks(root)
+    return root
 
 
 if __name__ == "__main__":
