@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fp32-onnx", type=Path, help="FP32 ONNX reference when the run has no export_onnx stage")
     args = ap.parse_args()
     manifest = json.loads((args.run / "manifest.json").read_text())
     rows = []
@@ -60,8 +61,9 @@ def main() -> None:
         fmt = stage["artifact"]["kind"]
         role = "xml" if fmt == "openvino" else "model"
         int8 = args.run / next(f["path"] for f in stage["files"] if f["role"] == role)
-        onnx_stage = next(s for s in manifest["stages"] if s["type"] == "export_onnx")
-        fp32: Any = args.run / next(f["path"] for f in onnx_stage["files"] if f["role"] == "model")
+        onnx_stage = next((s for s in manifest["stages"] if s["type"] == "export_onnx"), None)
+        fp32: Any = args.fp32_onnx if onnx_stage is None else (
+            args.run / next(f["path"] for f in onnx_stage["files"] if f["role"] == "model"))
         if fmt == "openvino":
             from compressor.quant.openvino import read_ov_model
 
