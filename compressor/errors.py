@@ -102,3 +102,11 @@ class VerifyFailed(CompressorError):
     """A release bundle does not match its manifest or does not reproduce its accuracy (exit code 1)."""
 
     exit_code = 1
+
+
+class AccuracyGoalError(CompressorError):
+    """Quantization could not meet its accuracy goal; ``attempts`` lists what was tried."""
+
+    def __init__(self, message: str, attempts: Sequence[dict[str, object]] = ()):
+        self.attempts = list(attempts)
+        super().__init__(message)

@@ -247,6 +247,8 @@ def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
         produced = stage.entry.produces
         if produced == "passthrough":
             produced = kinds[str(stage.refs["input"])]
+        elif produced == "format":  # the kind is the stage's ``format`` option (e.g. quantize)
+            produced = str(getattr(stage.config, "format", produced))
         kinds[stage.name] = produced
         for field, value in stage.refs.items():
             for ref in value if isinstance(value, list) else [value]:

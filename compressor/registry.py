@@ -13,7 +13,15 @@ from typing import Any
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.errors import did_you_mean
-from compressor.stages import benchmark, evaluate, export_onnx, export_openvino, export_tflite, train
+from compressor.stages import (
+    benchmark,
+    evaluate,
+    export_onnx,
+    export_openvino,
+    export_tflite,
+    quantize,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -26,7 +34,8 @@ class StageEntry:
         run: ``run(cfg, ctx) -> StageOutput``.
         summary: one line for ``compressor stages`` and the schema.
         accepts: artifact kinds its ``input`` may be.
-        produces: artifact kind it makes, or "passthrough" when it only measures its input.
+        produces: artifact kind it makes, "passthrough" when it only measures its input, or "format" when
+            its ``format`` option names the kind.
         refs: config fields naming other stages (a name or a list of names).
         needs_data: whether it reads the data set.
         timing: whether its results depend on thread count (so the count joins its cache key).
@@ -71,6 +80,11 @@ _ENTRIES: tuple[StageEntry, ...] = (
         type="export_tflite", config=export_tflite.ExportTfliteConfig, run=export_tflite.run_export_tflite,
         summary="Export to TFLite via litert-torch, FP32 or FP16, NCHW or NHWC input; verified against PyTorch.",
         accepts=("model",), produces="tflite", extras=("tflite",),
+    ),
+    StageEntry(
+        type="quantize", config=quantize.QuantizeConfig, run=quantize.run_quantize,
+        summary="INT8 (PTQ or QAT) for ONNX Runtime, OpenVINO or TFLite, judged against FP32, with accuracy control.",
+        accepts=("model", "onnx", "openvino"), produces="format", extras=("onnx", "openvino", "nncf", "tflite"),
     ),
     StageEntry(
         type="benchmark", config=benchmark.BenchmarkConfig, run=benchmark.run_benchmark,

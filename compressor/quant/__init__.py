@@ -1,0 +1,1 @@
+"""INT8 quantization engines (ONNX Runtime, OpenVINO, LiteRT), accuracy control and sensitivity analysis."""

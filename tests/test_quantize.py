@@ -1,0 +1,169 @@
+"""The quantize stage on a tiny CNN: INT8 in all three formats, accuracy control, sensitivity report."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from compressor.engine import run_recipe
+from compressor.errors import AccuracyGoalError, RecipeError, StageError
+from compressor.recipe import validate_document
+from tests.conftest import TINY_RECIPE, needs_fmnist
+
+pytestmark = needs_fmnist
+
+
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One output folder for the module: the engine's cache reuses the trained and exported tiny CNN."""
+    return tmp_path_factory.mktemp("quantize") / "run"
+
+
+def _doc(out: Path, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = copy.deepcopy(TINY_RECIPE)
+    doc["output"] = str(out)
+    doc["data"].update(train_per_class=30, val_per_class=10)
+    doc["stages"] = [{"name": "teacher", "type": "train", "epochs": 2, "lr": 0.05},
+                     {"name": "onnx", "type": "export_onnx"}, *stages]
+    return doc
+
+
+def _run(doc: dict[str, Any]) -> dict[str, Any]:
+    result = run_recipe(validate_document(copy.deepcopy(doc)), log=lambda _m: None, show_progress=False)
+    return {s["name"]: s for s in json.loads(result.manifest_path.read_text())["stages"]}
+
+
+def test_ptq_all_three_formats_are_int8_and_agree_with_fp32(shared_out: Path) -> None:
+    doc = _doc(shared_out, [
+        {"name": "q_onnx", "type": "quantize", "input": "onnx", "format": "onnx", "calibration_images": 32,
+         "sensitivity_report": True, "min_agreement": 60},
+        {"name": "q_ov", "type": "quantize", "input": "onnx", "format": "openvino", "calibration_images": 32,
+         "min_agreement": 60},
+        {"name": "q_tfl", "type": "quantize", "input": "teacher", "format": "tflite", "calibration_images": 32,
+         "min_agreement": 60},
+    ])
+    stages = _run(doc)
+    out = Path(doc["output"])
+
+    def path(stage: dict[str, Any], role: str) -> Path:
+        return out / next(f["path"] for f in stage["files"] if f["role"] == role)
+
+    import onnx
+
+    q = stages["q_onnx"]
+    assert q["artifact"]["kind"] == "onnx" and q["artifact"]["meta"]["precision"] == "int8"
+    ops = {n.op_type for n in onnx.load(str(path(q, "model"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    report = json.loads(path(q, "sensitivity_json").read_text())
+    mses = [r["relative_mse"] for r in report["layers"]]
+    assert len(mses) == 3 and mses == sorted(mses, reverse=True)
+    assert "| 1 |" in path(q, "sensitivity_md").read_text()
+
+    ov = stages["q_ov"]
+    assert ov["artifact"]["kind"] == "openvino" and {f["role"] for f in ov["files"]} == {"xml", "bin"}
+    xml = path(ov, "xml").read_text()
+    assert "FakeQuantize" in xml
+
+    tfl = stages["q_tfl"]
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path(tfl, "model")))
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert q["metrics"]["size_bytes"] < q["metrics"]["fp32_size_bytes"]
+    assert tfl["metrics"]["size_bytes"] < tfl["metrics"]["fp32_size_bytes"]
+    for s in (q, ov, tfl):
+        m = s["metrics"]
+        assert m["top1_agreement"] >= 60 and abs(m["drop"]) <= 15, m  # a 2-epoch tiny CNN has small margins
+        assert s["artifact"]["meta"]["source_model"]["kind"] == "model"
+
+
+def test_accuracy_goal_missed_fails_with_table(shared_out: Path) -> None:
+    # Two calibration images and per-tensor 7-bit weights lose accuracy; with no layer allowed back
+    # in float, the fallback must fail with its table (and the sensitivity report still written).
+    doc = _doc(shared_out, [
+        {"name": "q", "type": "quantize", "format": "onnx", "calibration_images": 2,
+         "ort": {"calibrate_method": "minmax", "reduce_range": True}, "per_channel": False,
+         "max_accuracy_drop": 0.0, "accuracy_control": "fallback", "max_float_layers": 0, "min_agreement": 0},
+    ])
+    with pytest.raises(StageError, match=r"(?s)onnx INT8 cannot stay within max_accuracy_drop 0.0 pt.*"
+                       r"layers in float \| top-1 %.*raise max_float_layers") as info:
+        _run(doc)
+    assert isinstance(info.value.__cause__, AccuracyGoalError) and info.value.__cause__.attempts
+    report = Path(str(info.value).rsplit("per-layer sensitivity: ", 1)[1].strip())
+    assert report.name == "sensitivity.md" and "| 1 |" in report.read_text()
+
+
+def test_fallback_returns_layers_to_float_until_within(shared_out: Path) -> None:
+    doc = _doc(shared_out, [
+        {"name": "q", "type": "quantize", "format": "onnx", "calibration_images": 2, "per_channel": False,
+         "max_accuracy_drop": 0.0, "accuracy_control": "fallback", "max_float_layers": 3, "min_agreement": 0},
+    ])
+    m = _run(doc)["q"]["metrics"]
+    assert m["drop"] <= 0.0
+    # with every layer back in float the model is the FP32 one, so the goal is always reachable
+    assert len(m["float_layers"]) <= 3 and m["most_sensitive"]
+
+
+def test_config_errors_are_pinned(shared_out: Path) -> None:
+    bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "openvino", "engine": "pt2e"}])
+    with pytest.raises(RecipeError, match="engine 'pt2e' does not make format 'openvino'"):
+        validate_document(bad)
+    bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "float_io": True}])
+    with pytest.raises(RecipeError, match="float_io needs engine: ai_edge_quantizer"):
+        validate_document(bad)
+    ok = validate_document(_doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "input": "onnx"}]))
+    assert ok.stages[-1].config.format == "tflite"
+
+
+@pytest.mark.slow
+def test_qat_exports_int8_onnx_and_openvino(shared_out: Path) -> None:
+    # Builds NNCF's torch extension on first use (make setup does it once; minutes on 2 busy cores).
+    doc = _doc(shared_out, [
+        {"name": "qat_ov", "type": "quantize", "input": "teacher", "mode": "qat", "format": "openvino",
+         "calibration_images": 32, "qat": {"epochs": 1}, "min_agreement": 0},
+        {"name": "qat_onnx", "type": "quantize", "input": "teacher", "mode": "qat", "format": "onnx",
+         "calibration_images": 32, "qat": {"epochs": 1, "distill": False}, "min_agreement": 0},
+    ])
+    stages = _run(doc)
+    out = Path(doc["output"])
+    import onnx
+
+    onnx_file = out / next(f["path"] for f in stages["qat_onnx"]["files"] if f["role"] == "model")
+    ops = {n.op_type for n in onnx.load(str(onnx_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "FakeQuantize" not in ops
+    xml = out / next(f["path"] for f in stages["qat_ov"]["files"] if f["role"] == "xml")
+    assert "FakeQuantize" in xml.read_text()
+    for name in ("qat_ov", "qat_onnx"):
+        m = stages[name]["metrics"]
+        assert m["qat_history"] and abs(m["drop"]) <= 15, m  # a 2-epoch tiny CNN (~25% top-1) has small margins
+
+
+def test_qat_refuses_dynamo_export() -> None:
+    from torch import nn
+
+    from compressor.errors import ExportError
+    from compressor.quant.qat import export_onnx
+
+    with pytest.raises(ExportError, match="needs exporter: torchscript"):
+        export_onnx(nn.Identity(), None, Path("unused.onnx"), "dynamo", 17)  # type: ignore[arg-type]
+
+
+def test_stale_nncf_build_lock_is_cleared(tmp_path: Path) -> None:
+    import os
+
+    from compressor.quant.qat import clear_stale_locks
+
+    build = tmp_path / "nncf" / "quantized_functions_cpu" / "2.14"
+    build.mkdir(parents=True)
+    lock = build / "lock"
+    lock.touch()
+    assert clear_stale_locks(tmp_path) == []  # no library yet: a build may be running
+    lib = build / "quantized_functions_cpu.so"
+    lib.touch()
+    os.utime(lock, (1, 1))  # the lock predates the finished library
+    assert clear_stale_locks(tmp_path) == [lock] and not lock.exists()
