@@ -13,7 +13,7 @@ from typing import Any
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.errors import did_you_mean
-from compressor.stages import benchmark, evaluate, export_onnx, train
+from compressor.stages import benchmark, evaluate, export_onnx, prune, train
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ _ENTRIES: tuple[StageEntry, ...] = (
         type="train", config=train.TrainConfig, run=train.run_train,
         summary="Train a model on the data set; keeps the best checkpoint by validation top-1.",
         accepts=("model",), produces="model",
+    ),
+    StageEntry(
+        type="prune", config=prune.PruneConfig, run=prune.run_prune,
+        summary="Remove channels (torch-pruning dependency groups) to a MACs or channel target, fine-tuning between steps.",
+        accepts=("model",), produces="model", extras=("prune",),
     ),
     StageEntry(
         type="evaluate", config=evaluate.EvaluateConfig, run=evaluate.run_evaluate,
