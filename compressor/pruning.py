@@ -41,19 +41,25 @@ class PruneOptions(Strict):
                                    "bn_scale (BatchNorm gammas), taylor (|w * dL/dw|, needs data), random.")
     allocation: Literal["global", "uniform"] = Field(
         "global", description="global: rank channels across all layers; uniform: the same ratio in every layer.")
-    macs_reduction: float | None = Field(None, gt=0, lt=1, description="Fraction of MACs to remove (0.5 = 2x fewer).")
+    macs_reduction: float | None = Field(None, gt=0, lt=1, description="Fraction of MACs to remove (0.5 = 2x "
+                                         "fewer); 0.5 when neither target is given.")
     channel_ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable channels to remove.")
     round_to: int | None = Field(8, ge=1, description="Keep pruned widths a multiple of this (SIMD/GPU friendly).")
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="Never remove more than this fraction of a layer.")
     ignore_layers: list[str] = Field(default_factory=list, description="Module names left whole (with their submodules).")
     ignore_types: list[str] = Field(default_factory=list, description="Module class names left whole, e.g. SqueezeExcitation.")
 
-    @model_validator(mode="after")
-    def _one_target(self) -> PruneOptions:
-        if (self.macs_reduction is None) == (self.channel_ratio is None):
-            msg = "give exactly one target: macs_reduction (fraction of MACs to remove) or channel_ratio"
-            raise ValueError(msg)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in ("macs_reduction", "channel_ratio") if data.get(k) is not None]
+            if len(given) == 2:
+                msg = "give one target, not both: macs_reduction (fraction of MACs to remove) or channel_ratio"
+                raise ValueError(msg)
+            if not given:
+                data = {**data, "macs_reduction": 0.5}
+        return data
 
 
 def _tp() -> Any:

@@ -154,11 +154,18 @@ def test_unsupported_layer_named_with_ignore_option() -> None:
     assert model[4].out_channels < 32
 
 
-def test_options_need_exactly_one_target() -> None:
-    with pytest.raises(ValueError, match="give exactly one target"):
-        PruneOptions()
-    with pytest.raises(ValueError, match="give exactly one target"):
+def test_options_take_one_target() -> None:
+    assert PruneOptions().macs_reduction == 0.5
+    assert PruneOptions(channel_ratio=0.3).macs_reduction is None
+    with pytest.raises(ValueError, match="give one target, not both"):
         PruneOptions(macs_reduction=0.5, channel_ratio=0.5)
+
+
+def test_group_norm_sparsity_needs_magnitude_importance() -> None:
+    from compressor.stages.prune import PruneConfig
+
+    with pytest.raises(ValueError, match="sparsity.method group_norm .* needs importance l1 or l2 \\(got taylor\\)"):
+        PruneConfig(name="p", macs_reduction=0.5, importance="taylor", sparsity={"method": "group_norm"})
 
 
 @needs_fmnist
@@ -186,3 +193,17 @@ def test_prune_stage_in_a_recipe(tiny_recipe: dict[str, Any]) -> None:
         assert meta["structure"][name]["out_channels"] == kept
     onnx = next(s for s in manifest["stages"] if s["name"] == "onnx")
     assert onnx["metrics"]["top1_agreement"] == 100.0
+
+
+@pytest.mark.parametrize("method", ["group_norm", "bn_l1"])
+def test_sparsity_regularizer_terms(method: str) -> None:
+    from compressor.pruning import ChannelPruner
+
+    model = build_from_meta(model_meta(TINY, 10, 3))
+    pruner = ChannelPruner(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, importance="l2"),
+                           sparsity=method, reg=1e-3)  # type: ignore[arg-type]
+    terms = pruner.regularization_terms()
+    assert terms and all(torch.isfinite(g).all() for _, g in terms)
+    bn = model[1].weight
+    assert any(p is bn for p, _ in terms)  # both regularizers push BatchNorm scales towards zero
+    assert all(p.grad is None for p in model.parameters())  # gradients left as they were

@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from compressor.config import StageConfig, Strict
@@ -57,6 +57,14 @@ class PruneConfig(StageConfig, PruneOptions):
     distill: DistillOptions | None = Field(None, description="Distil from the unpruned model during fine-tune.")
     sparsity: SparsityOptions | None = None
     taylor_batches: int = Field(4, ge=1, le=1000, description="Training batches whose gradients taylor uses.")
+
+    @model_validator(mode="after")
+    def _sparsity_importance(self) -> PruneConfig:
+        if self.sparsity is not None and self.sparsity.method == "group_norm" and self.importance not in ("l1", "l2"):
+            msg = (f"sparsity.method group_norm weighs groups by their magnitude and needs importance l1 or l2 "
+                   f"(got {self.importance}); use sparsity.method bn_l1 with {self.importance}")
+            raise ValueError(msg)
+        return self
 
 
 def _distill_loss(teacher: nn.Module, opts: DistillOptions, smoothing: float) -> LossFn:
@@ -123,6 +131,7 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
 
     history = []
     for step in range(1, cfg.steps + 1):
+        torch.manual_seed(ctx.seed + step)  # random importance: the same choice when a run resumes
         if cfg.importance == "taylor":
             _taylor_gradients(model, ctx, cfg.taylor_batches)
         macs = pruner.prune_step(step)
