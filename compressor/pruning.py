@@ -222,7 +222,7 @@ class ChannelPruner:
         reg: regularization strength for ``sparsity``.
     """
 
-    # MAC targets are reached by stepping a fine channel schedule: 1% of channels per micro step.
+    # A MACs target is approached on a grid of 1% of channels (see prune_step).
     MICRO_STEP = 0.01
 
     def __init__(self, model: nn.Module, example: torch.Tensor, opts: PruneOptions, steps: int = 1,
