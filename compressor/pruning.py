@@ -45,7 +45,9 @@ class PruneOptions(Strict):
                                          "fewer); 0.5 when neither target is given.")
     channel_ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable channels to remove.")
     round_to: int | None = Field(8, ge=1, description="Keep pruned widths a multiple of this (SIMD/GPU friendly).")
-    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="Never remove more than this fraction of a layer.")
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="A layer that has lost this fraction of its channels "
+                                   "is pruned no further (torch-pruning's max_pruning_ratio; one global step "
+                                   "can overshoot it).")
     ignore_layers: list[str] = Field(default_factory=list, description="Module names left whole (with their submodules).")
     ignore_types: list[str] = Field(default_factory=list, description="Module class names left whole, e.g. SqueezeExcitation.")
 
