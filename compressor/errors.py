@@ -76,6 +76,10 @@ class StageError(CompressorError):
         super().__init__(f"stage '{stage}': {message}")
 
 
+class PruningError(CompressorError):
+    """A pruning target cannot be met, or a layer cannot be pruned; says what is achievable or what to ignore."""
+
+
 class ExportError(CompressorError):
     """A converter could not export a model, or its output disagrees with PyTorch."""
 

@@ -19,6 +19,7 @@ from compressor.stages import (
     export_onnx,
     export_openvino,
     export_tflite,
+    prune,
     quantize,
     train,
 )
@@ -59,6 +60,11 @@ _ENTRIES: tuple[StageEntry, ...] = (
         type="train", config=train.TrainConfig, run=train.run_train,
         summary="Train a model on the data set; keeps the best checkpoint by validation top-1.",
         accepts=("model",), produces="model",
+    ),
+    StageEntry(
+        type="prune", config=prune.PruneConfig, run=prune.run_prune,
+        summary="Remove channels (torch-pruning dependency groups) to a MACs or channel target, fine-tuning between steps.",
+        accepts=("model",), produces="model", extras=("prune",),
     ),
     StageEntry(
         type="evaluate", config=evaluate.EvaluateConfig, run=evaluate.run_evaluate,

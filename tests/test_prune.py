@@ -1,0 +1,209 @@
+"""Structural pruning: every listed architecture prunes, reloads without pickle and exports to ONNX."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compressor.config import ModelSource
+from compressor.engine import run_recipe
+from compressor.errors import PruningError
+from compressor.metrics import count_macs
+from compressor.models import build_from_meta, load_model_artifact, model_meta, save_model, structure_of
+from compressor.pruning import PruneOptions, prune_model
+from compressor.recipe import validate_document
+from compressor.stages.export_onnx import ExportOnnxConfig, export_to_onnx
+from tests.conftest import needs_fmnist
+
+TINY = ModelSource(entry_point="tests.tinynet:tiny_cnn", kwargs={"width": 16})
+SIZE = 32
+
+# Default suite: one of each family that stresses a different graph feature (plain residual,
+# inverted residual + depthwise, channel shuffle + split/concat, SE + hardswish, user entry point).
+# ShuffleNetV2 x0.5 has its own test below, with a MACs target.
+FAST = [TINY, ModelSource(arch="mobilenet_v2"), ModelSource(arch="mobilenet_v3_small"),
+        ModelSource(arch="efficientnet_b0")]
+SLOW = [ModelSource(arch=a) for a in ("resnet50", "vgg11_bn", "mobilenet_v3_large", "shufflenet_v2_x1_0",
+                                      "densenet121", "efficientnet_b0")]
+
+
+def _label(source: ModelSource) -> str:
+    return source.arch or str(source.entry_point)
+
+
+def _prune_reload_export(source: ModelSource, tmp_path: Path, opts: PruneOptions,
+                         exporter: str = "torchscript") -> dict[str, Any]:
+    torch.manual_seed(0)
+    meta = model_meta(source, 10, 3)
+    model = build_from_meta(meta).eval()
+    example = torch.randn(2, 3, SIZE, SIZE)
+    report = prune_model(model, example[:1], opts)
+    assert report["macs_after"] < report["macs_before"]
+    assert report["macs_after"] == count_macs(model, (3, SIZE, SIZE))
+    assert report["params_after"] < report["params_before"]
+    assert report["channels"], "no layer lost channels"
+    with torch.no_grad():
+        expected = model(example)
+    assert expected.shape == (2, 10)
+
+    # Reload from JSON metadata and a weights-only state dict: no pickled class involved.
+    pruned_meta = json.loads(json.dumps({**meta, "structure": structure_of(model, build_from_meta(meta))}))
+    save_model(model, tmp_path / "pruned.pt")
+    rebuilt = load_model_artifact(pruned_meta, tmp_path / "pruned.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(example), expected, rtol=1e-4, atol=1e-4)
+
+    import onnxruntime as ort
+
+    path = tmp_path / "pruned.onnx"
+    cfg = ExportOnnxConfig(name="onnx", exporter=exporter, opset=17 if exporter == "torchscript" else 18)
+    export_to_onnx(rebuilt, example[:1], path, cfg, {})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": example.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3)
+    return report
+
+
+@pytest.mark.parametrize("source", FAST, ids=_label)
+def test_prune_reload_export_contract(source: ModelSource, tmp_path: Path) -> None:
+    _prune_reload_export(source, tmp_path, PruneOptions(channel_ratio=0.3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", SLOW, ids=_label)
+def test_prune_reload_export_contract_slow(source: ModelSource, tmp_path: Path) -> None:
+    # VGG's adaptive 7x7 pool after a 1x1 feature map exports only through the dynamo exporter.
+    exporter = "dynamo" if source.arch == "vgg11_bn" else "torchscript"
+    report = _prune_reload_export(source, tmp_path, PruneOptions(macs_reduction=0.5), exporter)
+    assert report["macs_after"] <= 0.5 * report["macs_before"]
+
+
+def test_shufflenet_keeps_shuffled_widths_and_prunes_branches(tmp_path: Path) -> None:
+    report = _prune_reload_export(ModelSource(arch="shufflenet_v2_x0_5"), tmp_path,
+                                  PruneOptions(macs_reduction=0.4))
+    assert report["macs_after"] <= 0.6 * report["macs_before"]
+    frozen = report["frozen"]
+    # Branch outputs feed the channel shuffle: kept. Branch insides: pruned.
+    assert frozen["stage2.1.branch2.5"] == "coupled through a channel shuffle/reshape"
+    assert "stage2.1.branch2.5" not in report["channels"]
+    assert any(name.endswith("branch2.0") for name in report["channels"])
+
+
+def test_resnet18_macs_target_is_met_closely(tmp_path: Path) -> None:
+    report = _prune_reload_export(ModelSource(arch="resnet18"), tmp_path,
+                                  PruneOptions(macs_reduction=0.5, allocation="uniform"))
+    reduction = 1 - report["macs_after"] / report["macs_before"]
+    assert 0.5 <= reduction < 0.6
+    widths = [kept for _, kept in report["channels"].values()]
+    assert all(w % 8 == 0 for w in widths), widths
+
+
+def test_unmeetable_target_says_what_is_achievable() -> None:
+    model = build_from_meta(model_meta(TINY, 10, 3))
+    with pytest.raises(PruningError, match=r"macs_reduction 0.95 cannot be met: .* achieves \d+\.\d% fewer MACs"):
+        prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(macs_reduction=0.95))
+
+
+def test_everything_ignored() -> None:
+    model = build_from_meta(model_meta(TINY, 10, 3))
+    with pytest.raises(PruningError, match=r"nothing to prune: every prunable layer is ignored .* achievable MACs reduction: 0%"):
+        prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_types=["Conv2d"]))
+
+
+def test_unknown_ignore_names() -> None:
+    model = build_from_meta(model_meta(TINY, 10, 3))
+    with pytest.raises(PruningError, match=r"ignore_layers: the model has no module '44' \(did you mean \"4\"\?\)"):
+        prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_layers=["44"]))
+    with pytest.raises(PruningError, match=r"ignore_types: the model has no module of type 'Conv2D' \(did you mean \"Conv2d\"\?\)"):
+        prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_types=["Conv2D"]))
+
+
+class Scale(nn.Module):
+    """A layer torch-pruning does not know: a learned per-channel scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _scaled_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), Scale(16),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+def test_unsupported_layer_named_with_ignore_option() -> None:
+    with pytest.raises(PruningError, match=r"cannot prune layer '3' \(Scale\): .* ignore_layers: \['3'\]"):
+        prune_model(_scaled_net(), torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5))
+    model = _scaled_net()
+    report = prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_layers=["3"]))
+    assert model[3].gamma.shape == (16, 1, 1) and model[0].out_channels == 16  # kept whole
+    assert report["frozen"]["0"] == "feeds an ignored layer"
+    assert model[4].out_channels < 32
+
+
+def test_options_take_one_target() -> None:
+    assert PruneOptions().macs_reduction == 0.5
+    assert PruneOptions(channel_ratio=0.3).macs_reduction is None
+    with pytest.raises(ValueError, match="give one target, not both"):
+        PruneOptions(macs_reduction=0.5, channel_ratio=0.5)
+
+
+def test_group_norm_sparsity_needs_magnitude_importance() -> None:
+    from compressor.stages.prune import PruneConfig
+
+    with pytest.raises(ValueError, match="sparsity.method group_norm .* needs importance l1 or l2 \\(got taylor\\)"):
+        PruneConfig(name="p", macs_reduction=0.5, importance="taylor", sparsity={"method": "group_norm"})
+
+
+@needs_fmnist
+def test_prune_stage_in_a_recipe(tiny_recipe: dict[str, Any]) -> None:
+    doc = copy.deepcopy(tiny_recipe)
+    doc["model"]["kwargs"] = {"width": 16}
+    doc["stages"] = [
+        {"name": "teacher", "type": "train", "epochs": 1, "lr": 0.05},
+        {"name": "pruned", "type": "prune", "importance": "taylor", "macs_reduction": 0.3, "steps": 2,
+         "finetune": {"epochs": 1, "lr": 0.01}, "distill": {"alpha": 0.5},
+         "sparsity": {"method": "bn_l1", "epochs": 1}},
+        {"name": "onnx", "type": "export_onnx", "exporter": "torchscript", "opset": 17, "verify_images": 32},
+    ]
+    result = run_recipe(validate_document(doc), log=lambda _m: None, show_progress=False)
+    manifest = json.loads(result.manifest_path.read_text())
+    stage = next(s for s in manifest["stages"] if s["name"] == "pruned")
+    m = stage["metrics"]
+    assert m["macs_after"] <= 0.7 * m["macs_before"] and m["params_after"] < m["params_before"]
+    for key in ("top1_before", "top1_after_sparsity", "top1_pruned", "top1_finetuned"):
+        assert 0 <= m[key] <= 100
+    assert [s["step"] for s in m["steps"]] == [1, 2]
+    assert m["channels_kept"] and m["ignored"] == {"9": "classifier"}
+    meta = stage["artifact"]["meta"]
+    for name, (_, kept) in m["channels_kept"].items():
+        assert meta["structure"][name]["out_channels"] == kept
+    onnx = next(s for s in manifest["stages"] if s["name"] == "onnx")
+    assert onnx["metrics"]["top1_agreement"] == 100.0
+
+
+@pytest.mark.parametrize("method", ["group_norm", "bn_l1"])
+def test_sparsity_regularizer_terms(method: str) -> None:
+    from compressor.pruning import ChannelPruner
+
+    model = build_from_meta(model_meta(TINY, 10, 3))
+    pruner = ChannelPruner(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, importance="l2"),
+                           sparsity=method, reg=1e-3)  # type: ignore[arg-type]
+    terms = pruner.regularization_terms()
+    assert terms and all(torch.isfinite(g).all() for _, g in terms)
+    bn = model[1].weight
+    assert any(p is bn for p, _ in terms)  # both regularizers push BatchNorm scales towards zero
+    assert all(p.grad is None for p in model.parameters())  # gradients left as they were
