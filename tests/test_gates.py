@@ -72,7 +72,7 @@ def test_gates_need_measured_artifacts_and_a_teacher() -> None:
         "gates.checks[0].artifacts[0]: \"evaluate\" is not measured by any benchmark stage; add it to a "
         "benchmark stage's inputs",
         'gates.checks[1].backend: unknown backend "onnxrutnime" (did you mean "onnxruntime"?); known: '
-        "onnxruntime, pytorch",
+        "onnxruntime, openvino, litert, pytorch, pytorch-compile",
         'gates.checks[1].artifacts[0]: "bench" makes a report, not a model; name a stage whose artifact ships',
     ]
 
