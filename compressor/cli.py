@@ -85,6 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compressor.recipe import load_recipe
 
     dist = from_env()
+    if args.nproc < 1:
+        msg = f"--nproc must be at least 1 (got {args.nproc})"
+        raise CompressorError(msg)
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}

@@ -35,7 +35,7 @@ class KDLoss(Strict):
 class DKDLoss(Strict):
     """Decoupled KD: ``alpha`` * target-class KD + ``beta`` * non-target KD + ``ce_weight`` * cross-entropy."""
 
-    type: Literal["dkd"]
+    type: Literal["dkd"] = "dkd"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(1.0, ge=0, le=100, description="Weight of TCKD (target vs non-target split).")
     beta: float = Field(8.0, ge=0, le=100, description="Weight of NCKD (distribution over non-target classes).")
