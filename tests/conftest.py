@@ -77,3 +77,13 @@ def cli_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` stay out of the default suite; select them with ``-m slow``."""
+    if config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
