@@ -89,9 +89,10 @@ def test_two_process_rerun_reuses_every_stage(tmp_path: Path, tiny_recipe: dict[
     assert "running" not in again.stderr
 
 
-def test_nproc_must_be_positive(tmp_path: Path, tiny_recipe: dict[str, Any], cli_env: dict[str, str]) -> None:
+def test_nproc_must_be_positive(tmp_path: Path, tiny_recipe: dict[str, Any],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from compressor.cli import main
+
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe)
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "run", str(path), "--nproc", "0"],
-                          capture_output=True, text=True, env=cli_env, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "--nproc must be at least 1 (got 0)" in proc.stderr
+    assert main(["run", str(path), "--nproc", "0"]) == 2
+    assert "--nproc must be at least 1 (got 0)" in capsys.readouterr().err
