@@ -60,14 +60,46 @@ def _summary_line(record: dict) -> str:
     return f"  {record['name']:18} {record['type']:14} {when:>9}  {_headline(record)}"
 
 
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this same command under ``torchrun`` with ``args.nproc`` processes on this machine."""
+    import subprocess
+
+    from compressor.recipe import load_recipe
+
+    # Validate here so a bad recipe gives one error, not one per rank.
+    overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
+    load_recipe(Path(args.recipe), overrides)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "compressor.cli"]
+    if args.debug:
+        cmd.append("--debug")
+    cmd += ["run", args.recipe]
+    for flag in ("data", "model", "checkpoint", "out"):
+        if getattr(args, flag):
+            cmd += [f"--{flag}", getattr(args, flag)]
+    if args.quiet:
+        cmd.append("--quiet")
+    _log(f"launching {args.nproc} processes: {' '.join(cmd)}")
+    return subprocess.run(cmd, check=False).returncode
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from compressor.distributed import from_env
     from compressor.engine import run_recipe
     from compressor.recipe import load_recipe
 
+    dist = from_env()
+    if args.nproc < 1:
+        msg = f"--nproc must be at least 1 (got {args.nproc})"
+        raise CompressorError(msg)
+    if args.nproc > 1 and not dist.enabled:
+        return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
     recipe = load_recipe(Path(args.recipe), overrides)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
                         show_progress=False if args.quiet else None)
+    if not dist.is_main:
+        return 0  # rank 0 prints the summary for the job
     manifest = json.loads(result.manifest_path.read_text())
     print(f"\nrun {recipe.name}: {len(manifest['stages'])} stages "
           f"({sum(1 for s in manifest['stages'] if s['reused'])} reused)")
@@ -206,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state dict to start from")
     p.add_argument("--out", help="output folder (default: the recipe's output, or runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress and no per-stage log")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes (torchrun, DistributedDataParallel: one per GPU on CUDA, "
+                   "gloo on CPU); stages that do not train run on the first process only")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("release", help="run a recipe, check its gates, write a release bundle (exit 1: a gate failed)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from compressor.artifacts import Artifact
+from compressor.distributed import SINGLE, DistInfo
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,8 @@ class StageContext:
         seed: the recipe's seed.
         log: one-line messages for the user.
         show_progress: whether to draw progress bars.
+        dist: this process's rank in a ``torchrun`` job; ``world_size`` is 1 except in stages the
+            registry marks ``distributed`` (see :mod:`compressor.distributed`).
     """
 
     name: str
@@ -63,6 +66,7 @@ class StageContext:
     seed: int
     log: Callable[[str], None] = print
     show_progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+    dist: DistInfo = SINGLE
 
     @property
     def input(self) -> Artifact:

@@ -10,6 +10,10 @@ Layout of a run folder (default ``runs/<name>``)::
 
 A stage writes into ``cache/<key>.tmp-<pid>`` which is renamed to ``cache/<key>`` only when it has
 finished, so a run killed at any moment never leaves a half-written stage that looks done.
+
+Under ``torchrun`` every rank runs the engine; rank 0 alone locks the folder and writes the cache,
+the manifest and the report, and only stages marked ``distributed`` run on the other ranks too
+(see :mod:`compressor.distributed`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from compressor import __version__
 from compressor.artifacts import Artifact, sha256_file, stable_hash, write_json
 from compressor.context import StageContext, StageOutput
 from compressor.data import DataModule, load_data
+from compressor.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
 from compressor.envinfo import environment
 from compressor.errors import CompressorError, RunLockedError, StageError
 from compressor.models import build_model, load_state, model_meta, read_state_dict
@@ -135,12 +141,14 @@ class Engine:
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None):
         self.recipe = recipe
-        self.log = log
-        self.show_progress = show_progress
+        self.dist = from_env()
+        # Other ranks stay quiet: rank 0 reports for the job.
+        self.log = log if self.dist.is_main else (lambda _m: None)
+        self.show_progress = show_progress if self.dist.is_main else False
         self.out_dir = recipe.output_dir
         self.cache_root = recipe.cache_root
         self.threads = recipe.threads or len(os.sched_getaffinity(0))
-        self.device = resolve_device(recipe.device)
+        self.device = device_for(self.dist, resolve_device(recipe.device))
         self._data: DataModule | None = None
         self.records: list[StageRecord] = []
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -156,13 +164,15 @@ class Engine:
         return self._data
 
     # -- keys ---------------------------------------------------------------------------------
-    def _context_key(self, needs_data: bool, timing: bool) -> dict[str, Any]:
+    def _context_key(self, needs_data: bool, timing: bool, distributed: bool = False) -> dict[str, Any]:
         ctx: dict[str, Any] = {"format": CACHE_FORMAT, "seed": self.recipe.seed, "device": self.device.type,
                                "task": self.recipe.task}
         if needs_data:
             ctx["data"] = self.recipe.data.model_dump(mode="json")
         if timing:
             ctx["threads"] = self.threads
+        if distributed and self.dist.enabled:  # sharded training gives other weights than one process
+            ctx["world_size"] = self.dist.world_size
         return ctx
 
     def stage_key(self, stage: Stage, inputs: dict[str, Any]) -> str:
@@ -170,7 +180,7 @@ class Engine:
         ids = {f: [a.id for a in v] if isinstance(v, list) else v.id for f, v in inputs.items()}
         return stable_hash({
             "type": stage.type, "options": options, "inputs": ids,
-            "context": self._context_key(stage.entry.needs_data, stage.entry.timing),
+            "context": self._context_key(stage.entry.needs_data, stage.entry.timing, stage.entry.distributed),
         })[:24]
 
     # -- the model source ---------------------------------------------------------------------
@@ -204,33 +214,70 @@ class Engine:
         return StageOutput(save_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
 
     # -- running ------------------------------------------------------------------------------
-    def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any]) -> StageContext:
+    def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any],
+                 distributed: bool = False) -> StageContext:
         ctx = StageContext(
             name=name, key=key, recipe=self.recipe, out_dir=tmp, work_dir=self.cache_root / f"{key}.work",
             cache_root=self.cache_root, inputs=inputs, refs=refs, data_loader=self.data, device=self.device,
             threads=self.threads, seed=self.recipe.seed, log=self.log,
+            dist=self.dist if distributed else SINGLE,
         )
         if self.show_progress is not None:
             ctx.show_progress = self.show_progress
         return ctx
 
+    def _saved_record(self, name: str, stage_type: str, key: str, reused: bool) -> StageRecord:
+        import json
+
+        saved = json.loads((self.cache_root / key / "stage.json").read_text())
+        return StageRecord(name, stage_type, key, reused, 0.0 if reused else saved["seconds"],
+                           Artifact.model_validate(saved["artifact"]), saved["metrics"], saved["files"])
+
     def _execute(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
-                 config: dict[str, Any], fn: Callable[[StageContext], StageOutput]) -> StageRecord:
+                 config: dict[str, Any], fn: Callable[[StageContext], StageOutput],
+                 distributed: bool = False) -> StageRecord:
         done = self.cache_root / key
         marker = done / "stage.json"
-        if marker.exists():
-            import json
-
-            saved = json.loads(marker.read_text())
+        if broadcast_object(self.dist, marker.exists()):  # rank 0 decides, so all ranks agree
             self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
-            return StageRecord(name, stage_type, key, True, 0.0, Artifact.model_validate(saved["artifact"]),
-                               saved["metrics"], saved["files"])
+            return self._saved_record(name, stage_type, key, True)
+        if not self.dist.is_main:
+            return self._follow(name, stage_type, key, inputs, refs, fn, distributed)
+        try:
+            record = self._run_stage(name, stage_type, key, inputs, refs, config, fn, distributed)
+        except BaseException as err:
+            if self.dist.enabled and not distributed:  # the other ranks wait for this answer
+                broadcast_object(self.dist, f"rank 0 failed in stage '{name}': {err}")
+            raise
+        broadcast_object(self.dist, None)
+        return record
+
+    def _follow(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
+                fn: Callable[[StageContext], StageOutput], distributed: bool) -> StageRecord:
+        """A non-zero rank: take part in a distributed stage (files to a scratch folder), then read rank 0's."""
+        if distributed:
+            scratch = Path(tempfile.mkdtemp(prefix=f"compressor-rank{self.dist.rank}-"))
+            try:
+                fn(self._context(name, key, scratch, inputs, refs, distributed=True))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        failure = broadcast_object(self.dist, None)
+        if failure is not None:
+            raise CompressorError(failure)
+        return self._saved_record(name, stage_type, key, False)
+
+    def _run_stage(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
+                   config: dict[str, Any], fn: Callable[[StageContext], StageOutput],
+                   distributed: bool) -> StageRecord:
+        done = self.cache_root / key
+        marker = done / "stage.json"
         tmp = self.cache_root / f"{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ctx = self._context(name, key, tmp, inputs, refs)
+        ctx = self._context(name, key, tmp, inputs, refs, distributed)
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        self.log(f"{name} ({stage_type}): running")
+        self.log(f"{name} ({stage_type}): running" + (f" on {self.dist.world_size} ranks"
+                                                       if distributed and self.dist.enabled else ""))
         start = time.perf_counter()
         try:
             output = fn(ctx)
@@ -274,17 +321,26 @@ class Engine:
 
     def _write_manifest(self, status: str, error: str | None = None) -> Path:
         path = self.out_dir / "manifest.json"
-        write_json(path, self.manifest(status, error))
+        if self.dist.is_main:
+            write_json(path, self.manifest(status, error))
         return path
 
     def run(self) -> RunResult:
         from compressor.report import write_report
 
-        with output_lock(self.out_dir):
-            self.cache_root.mkdir(parents=True, exist_ok=True)
-            if removed := remove_stale_temporaries(self.cache_root):
-                self.log(f"removed {removed} half-written stage folder(s) left by an interrupted run")
-            torch.set_num_threads(self.threads)
+        main = self.dist.is_main
+        with process_group(self.dist, self.device), \
+                output_lock(self.out_dir) if main else contextlib.nullcontext():
+            if main:
+                self.cache_root.mkdir(parents=True, exist_ok=True)
+                if removed := remove_stale_temporaries(self.cache_root):
+                    self.log(f"removed {removed} half-written stage folder(s) left by an interrupted run")
+            barrier(self.dist)
+            # Ranks on one CPU share its cores; rank 0 alone runs the stages that measure speed.
+            threads = self.threads
+            if self.dist.enabled and self.device.type == "cpu":
+                threads = max(1, self.threads // self.dist.world_size)
+            torch.set_num_threads(threads)
             artifacts: dict[str, Artifact] = {}
             try:
                 source = self._execute(
@@ -305,7 +361,7 @@ class Engine:
 
                     try:
                         record = self._execute(stage.name, stage.type, key, inputs, stage.refs,
-                                               stage.config.model_dump(mode="json"), call)
+                                               stage.config.model_dump(mode="json"), call, stage.entry.distributed)
                     except CompressorError as err:
                         if isinstance(err, StageError):
                             raise
@@ -318,7 +374,10 @@ class Engine:
                 self._write_manifest(status, str(err) or type(err).__name__)
                 raise
             manifest_path = self._write_manifest("complete")
-            report_path = write_report(self.out_dir)
+            report_path = self.out_dir / "report.md"
+            if main:
+                report_path = write_report(self.out_dir)
+            barrier(self.dist)
         return RunResult(self.out_dir, manifest_path, report_path, self.records)
 
 

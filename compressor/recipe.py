@@ -104,8 +104,13 @@ def _loc_to_path(loc: tuple[Any, ...], prefix: str = "") -> str:
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that owns the last element of ``loc`` (for did-you-mean)."""
     current: Any = model
+    variants: list[type[BaseModel]] = []
     for part in loc[:-1]:
         if isinstance(part, int):
+            continue
+        tagged = [v for v in variants if getattr(v.model_fields.get("type"), "default", None) == part]
+        if tagged:  # pydantic puts a discriminated union's tag in the location: loss.dkd.beta
+            current, variants = tagged[0], []
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
@@ -114,9 +119,9 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             return None
         current = field.annotation
         args = getattr(current, "__args__", ())
-        for arg in args:  # Optional[Model]
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                current = arg
+        variants = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        for arg in variants:  # Optional[Model]
+            current = arg
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 

@@ -15,6 +15,7 @@ from compressor.context import StageContext, StageOutput
 from compressor.errors import did_you_mean
 from compressor.stages import (
     benchmark,
+    distill,
     evaluate,
     export_onnx,
     export_openvino,
@@ -41,6 +42,8 @@ class StageEntry:
         needs_data: whether it reads the data set.
         timing: whether its results depend on thread count (so the count joins its cache key).
         extras: pip extras it needs.
+        distributed: whether it trains with :func:`compressor.training.fit`; under ``torchrun`` such
+            a stage runs on every rank (DDP), every other stage on rank 0 alone.
     """
 
     type: str
@@ -53,13 +56,20 @@ class StageEntry:
     needs_data: bool = True
     timing: bool = False
     extras: tuple[str, ...] = ()
+    distributed: bool = False
 
 
 _ENTRIES: tuple[StageEntry, ...] = (
     StageEntry(
         type="train", config=train.TrainConfig, run=train.run_train,
         summary="Train a model on the data set; keeps the best checkpoint by validation top-1.",
-        accepts=("model",), produces="model",
+        accepts=("model",), produces="model", distributed=True,
+    ),
+    StageEntry(
+        type="distill", config=distill.DistillConfig, run=distill.run_distill,
+        summary="Distill a teacher into a student (MobileNet, ShuffleNet, any entry point) with KD, DKD "
+        "or feature hints; optionally against the same student trained from scratch.",
+        accepts=("model",), produces="model", refs=("input", "teacher"), distributed=True,
     ),
     StageEntry(
         type="prune", config=prune.PruneConfig, run=prune.run_prune,

@@ -2,6 +2,13 @@
 
 Each epoch ends with a checkpoint in the stage's work folder (model, optimizer, schedule, best
 weights); an interrupted stage resumes from it.
+
+Under ``torchrun`` (``ctx.dist.world_size`` > 1) the model, with any ``extra`` modules, is wrapped
+in DistributedDataParallel; each rank trains on its shard of the training set (DistributedSampler)
+with ``batch_size / world_size`` images per step, so the global batch, the steps per epoch and the
+learning-rate schedule match a one-process run. Validation is sharded too and its counts are summed
+over ranks, so every rank takes the same best-epoch and early-stop decisions; only rank 0 writes
+checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from torch import nn
 from compressor.artifacts import atomic_write
 from compressor.config import Strict
 from compressor.context import StageContext
+from compressor.distributed import all_reduce_sum
 from compressor.metrics import predict
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,9 +75,46 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 
 def val_top1(model: nn.Module, ctx: StageContext) -> float:
+    """Top-1 (%) on the validation split; under torchrun each rank scores a slice and counts are summed."""
     images, labels = ctx.data.val_arrays()
-    logits = predict(model, images, ctx.device)
-    return round(float((logits.argmax(1) == labels).mean()) * 100, 3)
+    dist = ctx.dist
+    if dist.enabled:
+        images, labels = images[dist.rank :: dist.world_size], labels[dist.rank :: dist.world_size]
+    correct = float((predict(model, images, ctx.device).argmax(1) == labels).sum()) if len(labels) else 0.0
+    correct, count = all_reduce_sum(dist, [correct, float(len(labels))], ctx.device)
+    return round(correct / max(count, 1.0) * 100, 3)
+
+
+class _Joint(nn.Module):
+    """The model plus extra trainable modules, so that DDP synchronises the gradients of both.
+
+    ``forward`` is the model's; the extra modules are used by the loss function outside it.
+    """
+
+    def __init__(self, model: nn.Module, extra: nn.Module):
+        super().__init__()
+        self.model = model
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _wrap_ddp(model: nn.Module, extra: nn.Module | None, ctx: StageContext) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    joint = model if extra is None else _Joint(model, extra)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(joint, device_ids=device_ids)
+
+
+def _sync_buffers(model: nn.Module, ctx: StageContext) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics) before evaluating and saving."""
+    if ctx.dist.enabled:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def fit(
@@ -101,7 +146,17 @@ def fit(
     if extra is not None:
         params += [p for p in extra.parameters() if p.requires_grad]
     optimizer = _optimizer(params, opts)
-    steps_per_epoch = len(ctx.data.train_loader(opts.batch_size))
+    dist = ctx.dist
+    batch_size = opts.batch_size or ctx.data.config.batch_size
+    sampler: Any = None
+    if dist.enabled:
+        from torch.utils.data import DistributedSampler
+
+        batch_size = max(1, batch_size // dist.world_size)
+        sampler = DistributedSampler(ctx.data.train, num_replicas=dist.world_size, rank=dist.rank,  # type: ignore[arg-type]
+                                     shuffle=True, seed=ctx.seed, drop_last=False)
+    trained = _wrap_ddp(model, extra, ctx) if dist.enabled else model
+    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
     )
@@ -126,12 +181,14 @@ def fit(
         model.train()
         if extra is not None:
             extra.train()
-        loader = ctx.data.train_loader(opts.batch_size, epoch=epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler)
         losses = []
         for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = compute_loss(model, x, y)
+                loss = compute_loss(trained, x, y)
             if not torch.isfinite(loss):
                 msg = f"{ctx.name}: loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {opts.lr})"
                 raise FloatingPointError(msg)
@@ -142,8 +199,11 @@ def fit(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+        _sync_buffers(model, ctx)
         top1 = val_top1(model, ctx)
-        history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5), "val_top1": top1})
+        loss_sum, loss_count = all_reduce_sum(dist, [float(np.sum(losses)), float(len(losses))], device)
+        mean_loss = loss_sum / max(loss_count, 1.0)
+        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), "val_top1": top1})
         if top1 > best_top1:
             best_top1, bad_epochs = top1, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -156,11 +216,13 @@ def fit(
         }
         if extra is not None:
             snapshot["extra"] = extra.state_dict()
+
         def save(tmp: Path, s: dict[str, Any] = snapshot) -> None:
             torch.save(s, tmp)
 
-        atomic_write(ckpt_path, save)
-        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {np.mean(losses):.4f} val top-1 {top1:.2f}")
+        if dist.is_main:
+            atomic_write(ckpt_path, save)
+        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}")
         if opts.early_stop_patience is not None and bad_epochs >= opts.early_stop_patience:
             ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({bad_epochs} epochs without improvement)")
             break
