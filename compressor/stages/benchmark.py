@@ -128,15 +128,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def benchmark_inputs(cfg: BenchmarkConfig, ctx: StageContext) -> list[tuple[str, Artifact]]:
+    """(stage name, artifact) pairs the stage measures: ``inputs`` if given, else ``input``."""
+    if cfg.inputs:
+        return list(zip(cfg.inputs, ctx.inputs["inputs"], strict=True))
+    return [(str(ctx.refs["input"]), ctx.input)]
+
+
 def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
     if cfg.targets:
         from compressor.targets.stage_rows import run_on_targets
 
         return run_on_targets(cfg, ctx)
-    if cfg.inputs:
-        artifacts = list(zip(cfg.inputs, ctx.inputs["inputs"], strict=True))
-    else:
-        artifacts = [(str(ctx.refs["input"]), ctx.input)]
+    artifacts = benchmark_inputs(cfg, ctx)
     images, labels = ctx.data.val_arrays(cfg.accuracy_images)
     memo: dict[str, np.ndarray] = {}
     rows = []

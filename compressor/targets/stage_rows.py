@@ -119,13 +119,10 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
 
 
 def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
-    from compressor.stages.benchmark import _reference_logits, markdown_table
+    from compressor.stages.benchmark import _reference_logits, benchmark_inputs, markdown_table
     from compressor.targets.cuda import cuda_absent_reason
 
-    if cfg.inputs:
-        artifacts = list(zip(cfg.inputs, ctx.inputs["inputs"], strict=True))
-    else:
-        artifacts = [(str(ctx.refs["input"]), ctx.input)]
+    artifacts = benchmark_inputs(cfg, ctx)
     images, labels = ctx.data.val_arrays(cfg.accuracy_images)
     memo: dict[str, np.ndarray] = {}
     refs = {art.id: _reference_logits(ctx, art, images, memo) for _, art in artifacts}
