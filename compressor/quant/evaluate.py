@@ -6,7 +6,6 @@ runtime backends of ``compressor.backends`` may replace them once every format h
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 def cpu_has_vnni() -> bool:
     """Whether the CPU advertises 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    from compressor.envinfo import cpu_info
+
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_info()["features"]))
 
 
 def onnx_runner(model: str | Path | bytes, threads: int, profile_prefix: str | None = None) -> Runner:
@@ -75,35 +72,16 @@ def openvino_runner(model: Any, threads: int, hint: str = "LATENCY", perf_counte
 
 
 def tflite_runner(path: str | Path, threads: int) -> Runner:
-    """LiteRT interpreter (XNNPACK delegate by default); quantizes int8 inputs and dequantizes outputs."""
-    from ai_edge_litert.interpreter import Interpreter
+    """The LiteRT backend's session (XNNPACK; int8 I/O quantized with the file's own parameters)."""
+    from compressor.backends import RuntimeOptions, get_backend
+    from compressor.verify import run_batched
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    batch_fixed = int(inp["shape"][0])
-    nhwc = len(inp["shape"]) == 4 and inp["shape"][-1] in (1, 3) and inp["shape"][1] not in (1, 3)
-    interp.allocate_tensors()
-
-    def one(batch: np.ndarray) -> np.ndarray:
-        x = batch.transpose(0, 2, 3, 1) if nhwc else batch
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        interp.set_tensor(inp["index"], np.ascontiguousarray(x, inp["dtype"]))
-        interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return np.asarray(y, np.float32)
+    session = get_backend("litert").load(Path(path), {}, RuntimeOptions(threads=threads))
+    fixed = session.batch_sizes()
 
     def run(batch: np.ndarray) -> np.ndarray:
-        if len(batch) == batch_fixed:
-            return one(batch)
-        return np.concatenate([one(batch[i : i + batch_fixed]) for i in range(0, len(batch), batch_fixed)])
+        return run_batched(session.run, batch, fixed)
 
-    run.interpreter = interp  # type: ignore[attr-defined]
     return run
 
 
@@ -118,17 +96,8 @@ def top1(run: Runner, images: np.ndarray, labels: np.ndarray) -> float:
 
 def latency_ms(run: Runner, sample: np.ndarray, warmup: int = 10, min_iters: int = 30,
                budget_s: float = 2.0) -> dict[str, float]:
-    """Batch-1 latency: median and p90 in milliseconds (``time.perf_counter_ns``)."""
-    for _ in range(warmup):
-        run(sample)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter_ns()
-        run(sample)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-        if len(times) >= 10 * min_iters and time.perf_counter() - start >= budget_s:
-            break
-    arr = np.asarray(times)
-    return {"median_ms": round(float(np.median(arr)), 4), "p90_ms": round(float(np.percentile(arr, 90)), 4),
-            "iters": len(times)}
+    """Batch latency of ``run`` on ``sample`` through the project's timer (:mod:`compressor.measure`)."""
+    from compressor.measure import measure_latency
+
+    return measure_latency(lambda: run(sample), warmup=warmup, min_iters=min_iters, time_budget_s=budget_s,
+                           max_iters=10 * min_iters + 10000)
