@@ -39,15 +39,27 @@ class GateBase(Strict):
     def label(self) -> str:
         return self.name or str(getattr(self, "type", "gate"))
 
+    def reference(self, teacher: str | None) -> str | None:
+        """The stage this gate compares against: its own ``versus``, else the gate set's teacher."""
+        return getattr(self, "versus", None) or teacher
 
-class MaxTop1Drop(GateBase):
+
+class Versus(GateBase):
+    """A gate that compares each artifact with a reference artifact measured in the same benchmark stage."""
+
+    versus: str | None = Field(
+        None, description="Stage of the reference for this gate (default: gates.teacher); e.g. the FP32 "
+        "artifact of the same runtime, to judge an INT8 artifact against its own float model.")
+    needs_teacher: ClassVar[bool] = True
+
+
+class MaxTop1Drop(Versus):
     """Top-1 may drop at most ``max_drop`` points below the teacher, or keep ``min_retained_pct`` of it."""
 
     type: Literal["max_top1_drop"]
     max_drop: float | None = Field(None, ge=0, le=100, description="Largest drop versus the teacher, in top-1 points.")
     min_retained_pct: float | None = Field(
         None, gt=0, le=100, description="Top-1 must be at least this percent of the teacher's (MLPerf edge: 99).")
-    needs_teacher: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _one_threshold(self) -> MaxTop1Drop:
@@ -69,13 +81,12 @@ class MaxLatency(GateBase):
     statistic: Statistic = Field("p90", description="Latency statistic (MLPerf single-stream uses p90).")
 
 
-class MinSpeedup(GateBase):
-    """Teacher latency / artifact latency, at the same batch and target, in the same benchmark stage."""
+class MinSpeedup(Versus):
+    """Reference latency / artifact latency, at the same batch and target, in the same benchmark stage."""
 
     type: Literal["min_speedup"]
     min: float = Field(gt=0, description="Lowest accepted speed-up versus the teacher (1.0: not slower).")
     statistic: Statistic = "median"
-    needs_teacher: ClassVar[bool] = True
 
 
 class MaxSize(GateBase):
@@ -153,7 +164,11 @@ def reference_problems(gates: GateSet, kinds: dict[str, str], measured_by: dict[
         check_name(name, f"gates.ship[{j}]")
     for i, gate in enumerate(gates.checks):
         where = f"gates.checks[{i}]"
-        if gate.needs_teacher and gates.teacher is None:
+        versus = getattr(gate, "versus", None)
+        versus_ok = versus is not None and check_name(versus, f"{where}.versus")
+        reference = gate.reference(gates.teacher)
+        reference_ok = versus_ok if versus is not None else teacher_ok
+        if gate.needs_teacher and reference is None:
             problems.append(Problem("gates.teacher", f"is required by {where} ({gate.type}); name the stage of "
                                                      "the reference model, e.g. teacher"))
         if gate.backend is not None and gate.backend not in backends:
@@ -170,8 +185,8 @@ def reference_problems(gates: GateSet, kinds: dict[str, str], measured_by: dict[
             if not benches:
                 problems.append(Problem(path, f'"{name}" is not measured by any benchmark stage; add it to a '
                                               "benchmark stage's inputs"))
-            elif gate.needs_teacher and teacher_ok and not set(benches) & set(measured_by.get(str(gates.teacher), [])):
-                problems.append(Problem(path, f'"{name}" and the teacher "{gates.teacher}" are not measured by '
+            elif gate.needs_teacher and reference_ok and not set(benches) & set(measured_by.get(str(reference), [])):
+                problems.append(Problem(path, f'"{name}" and its reference "{reference}" are not measured by '
                                               "one benchmark stage; list both in one benchmark's inputs so they "
                                               "are compared on the same images"))
     return problems
@@ -246,11 +261,11 @@ class _Evaluator:
         self.results.append(GateResult(gate.label, str(getattr(gate, "type", "")), artifact, where, threshold,
                                        measured, status, note))
 
-    def teacher_row(self, row: dict[str, Any], timing: bool) -> dict[str, Any] | None:
-        """The teacher's row in the same benchmark stage (same images). For timing: same batch and
+    def teacher_row(self, row: dict[str, Any], timing: bool, reference: str | None) -> dict[str, Any] | None:
+        """The reference's row in the same benchmark stage (same images). For timing: same batch and
         target; for accuracy the same target is preferred, else any (the teacher often runs only locally)."""
         candidates = [c for c in self.rows if c.get("bench") == row.get("bench")
-                      and c.get("stage") == self.gates.teacher and c.get("status") == "ok"]
+                      and c.get("stage") == reference and c.get("status") == "ok"]
         same = [c for c in candidates if row_target(c) == row_target(row)
                 and (not timing or c.get("batch") == row.get("batch"))]
         return same[0] if same else None if timing else next(iter(candidates), None)
@@ -298,11 +313,12 @@ class _Evaluator:
         elif isinstance(gate, MaxTop1Drop):
             self.top1_drop(gate, artifact, row)
         elif isinstance(gate, MinSpeedup):
-            teacher = self.teacher_row(row, timing=True)
-            threshold = f"x{gate.min:g} vs {self.gates.teacher} ({gate.statistic})"
+            ref = gate.reference(self.gates.teacher)
+            teacher = self.teacher_row(row, timing=True, reference=ref)
+            threshold = f"x{gate.min:g} vs {ref} ({gate.statistic})"
             if teacher is None:
-                self.add(gate, artifact, _where(row), threshold, "no teacher row", False,
-                         f"teacher {self.gates.teacher} has no batch {row.get('batch')} row in {row.get('bench')}")
+                self.add(gate, artifact, _where(row), threshold, "no reference row", False,
+                         f"reference {ref} has no batch {row.get('batch')} row in {row.get('bench')}")
                 return
             mine, theirs = float(row[f"{gate.statistic}_ms"]), float(teacher[f"{gate.statistic}_ms"])
             speedup = theirs / mine if mine > 0 else float("inf")
@@ -312,14 +328,15 @@ class _Evaluator:
             self.regression(gate, artifact, row)
 
     def top1_drop(self, gate: MaxTop1Drop, artifact: str, row: dict[str, Any]) -> None:
-        teacher = self.teacher_row(row, timing=False)
+        ref = gate.reference(self.gates.teacher)
+        teacher = self.teacher_row(row, timing=False, reference=ref)
         if gate.max_drop is not None:
-            threshold = f"drop <= {gate.max_drop:g} pt vs {self.gates.teacher}"
+            threshold = f"drop <= {gate.max_drop:g} pt vs {ref}"
         else:
-            threshold = f">= {gate.min_retained_pct:g}% of {self.gates.teacher}"
+            threshold = f">= {gate.min_retained_pct:g}% of {ref}"
         if teacher is None:
-            self.add(gate, artifact, _where(row, False), threshold, "no teacher row", False,
-                     f"teacher {self.gates.teacher} has no row in {row.get('bench')}")
+            self.add(gate, artifact, _where(row, False), threshold, "no reference row", False,
+                     f"reference {ref} has no row in {row.get('bench')}")
             return
         mine, theirs = float(row["top1"]), float(teacher["top1"])
         elsewhere = f" (teacher on {row_target(teacher)})" if row_target(teacher) != row_target(row) else ""

@@ -125,6 +125,27 @@ def test_latency_speedup_and_size_gates_per_target() -> None:
     ]
 
 
+def test_gates_versus_their_own_reference() -> None:
+    """An INT8 artifact is judged against the FP32 artifact of its own runtime, not the teacher."""
+    rows = [*ROWS, row("fp32_onnx", 89.5, 3.5)]
+    assert results_of([
+        {"type": "min_speedup", "artifacts": ["int8"], "min": 1.5, "versus": "fp32_onnx", "target": "local"},
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 0.2, "versus": "fp32_onnx", "target": "local"},
+        {"type": "min_speedup", "artifacts": ["int8"], "min": 1.5, "versus": "fp32_onnx", "target": "rpi4"},
+    ], rows=rows) == [
+        ("onnx/fp32 onnxruntime local b1", "x1.75", "pass"),
+        ("onnx/fp32 onnxruntime local", "+0.30 pt", "fail"),
+        ("onnx/fp32 onnxruntime rpi4 b1", "no reference row", "fail"),
+    ]
+    found = problems_of({"checks": [
+        {"type": "min_speedup", "artifacts": ["onnx"], "min": 1, "versus": "onnxx"},
+        {"type": "min_speedup", "artifacts": ["onnx"], "min": 1, "versus": "model"},
+    ]})
+    assert found[0].startswith('gates.checks[0].versus: "onnxx" names no stage (did you mean "onnx"?)')
+    assert found[1] == ('gates.checks[1].artifacts[0]: "onnx" and its reference "model" are not measured by one '
+                        "benchmark stage; list both in one benchmark's inputs so they are compared on the same images")
+
+
 def test_a_gate_without_a_measurement_fails() -> None:
     failed = dict(row("int8", 0, 1), status="failed", reason="backend crashed")
     assert results_of([{"type": "max_latency", "artifacts": ["int8"], "max_ms": 5, "batch": 8}]) == [

@@ -134,13 +134,73 @@ def test_qat_exports_int8_onnx_and_openvino(shared_out: Path) -> None:
     import onnx
 
     onnx_file = out / next(f["path"] for f in stages["qat_onnx"]["files"] if f["role"] == "model")
-    ops = {n.op_type for n in onnx.load(str(onnx_file)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "FakeQuantize" not in ops
+    ops = [n.op_type for n in onnx.load(str(onnx_file)).graph.node]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(ops) and "FakeQuantize" not in ops
+    # Deployable by ONNX Runtime's integer kernels: BN folded into the int8 weights, and every
+    # convolution of the tiny CNN runs as QLinearConv after ORT's graph optimisation.
+    assert "BatchNormalization" not in ops and stages["qat_onnx"]["metrics"]["settings"]["batchnorms_folded"] == 2
+    assert _optimized_ops(onnx_file).count("QLinearConv") == 2
     xml = out / next(f["path"] for f in stages["qat_ov"]["files"] if f["role"] == "xml")
     assert "FakeQuantize" in xml.read_text()
     for name in ("qat_ov", "qat_onnx"):
         m = stages[name]["metrics"]
         assert m["qat_history"] and abs(m["drop"]) <= 15, m  # a 2-epoch tiny CNN (~25% top-1) has small margins
+
+
+def _optimized_ops(path: Path) -> list[str]:
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(path.with_name(path.stem + ".ort-optimized.onnx"))
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def _fake_quant_conv_bn(path: Path, gamma: np.ndarray) -> None:
+    """x -> Q/DQ -> Conv(weight DQ(Q(W)) per channel) -> BatchNormalization -> Q/DQ -> y, as NNCF exports it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    inits = {
+        "w": w, "w_scale": (np.abs(w).reshape(4, -1).max(1) / 127).astype(np.float32), "w_zp": np.zeros(4, np.int8),
+        "x_scale": np.array(0.02, np.float32), "y_scale": np.array(0.05, np.float32), "x_zp": np.array(128, np.uint8), "gamma": gamma.astype(np.float32),
+        "beta": rng.normal(size=4).astype(np.float32), "mean": rng.normal(size=4).astype(np.float32),
+        "var": rng.uniform(0.5, 2, 4).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+        helper.make_node("QuantizeLinear", ["w", "w_scale", "w_zp"], ["wq"], axis=0),
+        helper.make_node("Identity", ["wq"], ["wq_id"]),
+        helper.make_node("DequantizeLinear", ["wq_id", "w_scale", "w_zp"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], epsilon=1e-5),
+        helper.make_node("QuantizeLinear", ["b", "y_scale", "x_zp"], ["bq"]),
+        helper.make_node("DequantizeLinear", ["bq", "y_scale", "x_zp"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_qat_onnx_fold_is_exact_and_fuses(tmp_path: Path) -> None:
+    """Weight Q/DQ becomes an int8 initializer and BN (a negative gamma included) folds in exactly."""
+    from compressor.quant.evaluate import onnx_runner
+    from compressor.quant.onnx_fold import fold_qat_onnx
+
+    src, dst = tmp_path / "fq.onnx", tmp_path / "folded.onnx"
+    _fake_quant_conv_bn(src, np.array([1.5, -0.7, 0.3, -2.0]))
+    stats = fold_qat_onnx(src, dst)
+    assert stats == {"identities_removed": 1, "weights_folded": 1, "batchnorms_folded": 1}
+    x = np.random.default_rng(1).uniform(-2, 2, size=(1, 3, 8, 8)).astype(np.float32)
+    before, after = onnx_runner(src, 1)(x), onnx_runner(dst, 1)(x)
+    # Same quantized arithmetic: outputs agree to within one output quantization step (0.05).
+    assert np.abs(before - after).max() <= 0.05 + 1e-6 and np.mean(before == after) > 0.95
+    assert "QLinearConv" not in _optimized_ops(src) and "QLinearConv" in _optimized_ops(dst)
 
 
 def test_qat_refuses_dynamo_export() -> None:

@@ -29,15 +29,27 @@ class Plan(Protocol):
 
 
 def nncf_kwargs(preset: str, bias_correction: str, subset_size: int, ignored: dict[str, list[str]],
-                model_type_transformer: bool = False) -> dict[str, Any]:
+                per_tensor_activations: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``nncf.quantize``.
+
+    ``per_tensor_activations`` keeps one scale per activation tensor: ONNX Runtime's integer kernels
+    (QLinearConv) take a scalar input scale, and NNCF would otherwise give depthwise inputs one scale
+    per channel, which leaves those convolutions in float.
+    """
     import nncf
+    from nncf.quantization.advanced_parameters import QuantizationParameters
 
     kwargs: dict[str, Any] = {
         "preset": nncf.QuantizationPreset.PERFORMANCE if preset == "performance" else nncf.QuantizationPreset.MIXED,
         "subset_size": subset_size, "fast_bias_correction": bias_correction != "full",
     }
+    advanced: dict[str, Any] = {}
     if bias_correction == "none":
-        kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(disable_bias_correction=True)
+        advanced["disable_bias_correction"] = True
+    if per_tensor_activations:
+        advanced["activations_quantization_params"] = QuantizationParameters(per_channel=False)
+    if advanced:
+        kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
     if any(ignored.values()):
         kwargs["ignored_scope"] = nncf.IgnoredScope(
             names=ignored.get("names", []), patterns=ignored.get("patterns", []), types=ignored.get("types", []),

@@ -65,21 +65,30 @@ def insert_fake_quant(model: nn.Module, calib: np.ndarray, nncf_kwargs: dict[str
     return nncf.quantize(Wrapped(model).eval(), dataset, **nncf_kwargs)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, opset: int) -> None:
-    """QDQ ONNX through the TorchScript exporter after ``nncf.strip`` (torch fake-quant ops).
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, opset: int) -> dict[str, int]:
+    """QDQ ONNX through the TorchScript exporter after ``nncf.strip`` (torch fake-quant ops), then
+    rewritten for ONNX Runtime's integer kernels (:func:`compressor.quant.onnx_fold.fold_qat_onnx`:
+    int8 weight initializers, BatchNormalization folded into the quantized weights).
 
     The dynamo exporter cannot trace NNCF's hooks at torch 2.14, so it is refused with a clear error.
     """
     import nncf
+
+    from compressor.quant.onnx_fold import fold_qat_onnx
 
     if exporter != "torchscript":
         msg = (f"QAT model export to ONNX needs exporter: torchscript (got {exporter}): the dynamo exporter "
                "cannot trace NNCF's fake-quantize hooks at torch 2.14")
         raise ExportError(msg)
     stripped = nncf.strip(model, do_copy=True, example_input=example)
-    torch.onnx.export(stripped, (example,), str(path), dynamo=False, opset_version=opset,
+    raw = path.with_name(path.stem + ".fakequant.onnx")
+    torch.onnx.export(stripped, (example,), str(raw), dynamo=False, opset_version=opset,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        return fold_qat_onnx(raw, path)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def export_openvino(model: nn.Module, example: torch.Tensor, xml: Path) -> None:
@@ -104,7 +113,8 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
     fp32 = _source_model(ctx)
     depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in fp32.modules())
     bias = cfg.bias_correction if cfg.bias_correction != "auto" else ("full" if depthwise else "fast")
-    kwargs = nncf_kwargs(cfg.preset, bias, min(cfg.calibration_images, len(calib)), cfg.ignored_scope.model_dump())
+    kwargs = nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
+                         cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
     teacher = _source_model(ctx)
     quantized = insert_fake_quant(_source_model(ctx), calib, kwargs)
     ptq_top1 = evaluate.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels)
@@ -121,9 +131,10 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
     result = fit(quantized, ctx, opts, loss_fn=loss_fn, desc="qat")
     quantized.cpu().eval()
     example = torch.from_numpy(calib[:1])
+    folded: dict[str, int] = {}
     if cfg.format == "onnx":
         path = ctx.out_dir / "model.onnx"
-        export_onnx(quantized, example, path, cfg.onnx_exporter, cfg.opset)
+        folded = export_onnx(quantized, example, path, cfg.onnx_exporter, cfg.opset)
         files = {"model": "model.onnx"}
         run = evaluate.onnx_runner(path, ctx.threads)
     else:
@@ -136,7 +147,7 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
     fp32_top1 = round(float((fp32_logits.argmax(1) == labels).mean()) * 100, 3)
     int8_top1 = round(float((int8_logits.argmax(1) == labels).mean()) * 100, 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
-                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump()}
+                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), **folded}
     metrics = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "int8_top1": int8_top1,
                "drop": round(fp32_top1 - int8_top1, 3), "qat_best_val_top1": result.best_top1,
                "qat_history": result.history, "eval_images": len(images), "settings": settings,

@@ -52,7 +52,9 @@ class QuantizeConfig(StageConfig):
         "auto", description="Per-channel weight scales; auto: on for TFLite, NNCF and depthwise networks.")
     bias_correction: Literal["auto", "fast", "full", "none"] = Field(
         "auto", description="NNCF bias correction; auto: full for depthwise networks, else fast.")
-    preset: Literal["performance", "mixed"] = Field("performance", description="NNCF preset.")
+    preset: Literal["auto", "performance", "mixed"] = Field(
+        "auto", description="NNCF preset; auto: mixed (asymmetric u8 activations, what ONNX Runtime's integer "
+        "kernels take) for format onnx, performance (symmetric) for openvino.")
     ignored_scope: IgnoredScope = IgnoredScope()
     ort: OrtQuantOptions = OrtQuantOptions()
     float_io: bool = Field(False, description="TFLite: float input/output (int8 inside); else int8 I/O.")
@@ -85,6 +87,11 @@ class QuantizeConfig(StageConfig):
             msg = "float_io needs engine: ai_edge_quantizer (the PT2E path makes int8 input and output)"
             raise ValueError(msg)
         return self
+
+    def resolved_preset(self) -> str:
+        if self.preset != "auto":
+            return self.preset
+        return "mixed" if self.format == "onnx" else "performance"
 
     def resolved_engine(self) -> str:
         if self.engine != "auto":
@@ -139,8 +146,8 @@ def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_h
             n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
             for n in onnx.load(str(src)).graph.node)
     bias = cfg.bias_correction if cfg.bias_correction != "auto" else ("full" if depthwise else "fast")
-    nncf_args = plans.nncf_kwargs(cfg.preset, bias, min(cfg.calibration_images, len(calib)),
-                                  cfg.ignored_scope.model_dump())
+    nncf_args = plans.nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
+                                  cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
     if cfg.format == "openvino":
         return plans.OpenVinoPlan(src, work, calib, nncf_args, ctx.threads, cfg.ov_hint)
     per_channel = cfg.per_channel if cfg.per_channel != "auto" else bool(depthwise)
