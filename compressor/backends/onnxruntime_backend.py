@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: CPU execution provider, CUDA when present and asked for."""
+"""ONNX Runtime backend: CPU execution provider, CUDA when present and asked for.
+
+Settings: ``graph_optimization`` (none | basic | extended | all, default all), ``profile_prefix``
+(turns on ONNX Runtime's per-operator profiler, trace files named with this prefix).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ class OnnxRuntimeSession:
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[level]
+        if prefix := options.settings.get("profile_prefix"):
+            so.enable_profiling = True
+            so.profile_file_prefix = str(prefix)
         providers = ["CPUExecutionProvider"]
         if options.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -3,7 +3,7 @@
 Settings (``RuntimeOptions.settings``): ``hint`` (latency | throughput | none, default latency),
 ``streams`` (default 1), ``inference_precision`` (f32 | bf16 | f16 | default; default f32, so that
 an FP32 or FP16 IR is run at the precision it was verified at rather than the bf16 OpenVINO picks on
-CPUs with AVX512-BF16 or AMX).
+CPUs with AVX512-BF16 or AMX), ``perf_counters`` (true: per-layer counters in ``request.profiling_info``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class OpenVinoSession:
         precision = str(settings.get("inference_precision", "f32"))
         if precision != "default":
             config["INFERENCE_PRECISION_HINT"] = precision
+        if settings.get("perf_counters"):
+            config["PERF_COUNT"] = True
         try:
             model = core.read_model(str(path))
             self.compiled = core.compile_model(model, device, config)

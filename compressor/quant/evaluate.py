@@ -1,11 +1,13 @@
 """Run quantized and float models in their own runtime to measure top-1 agreement and latency.
 
-These helpers call the runtimes directly so the ``quantize`` stage can judge its own output; the
-runtime backends of ``compressor.backends`` may replace them once every format has one.
+Every runner is a session of the project's runtime backend (:mod:`compressor.backends`), so the
+``quantize`` stage judges its output with the same settings the benchmark measures it with. The one
+exception is the compiled model NNCF hands to an accuracy-control callback, which is run as it is.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,67 +24,65 @@ def cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni"} & set(cpu_info()["features"]))
 
 
-def onnx_runner(model: str | Path | bytes, threads: int, profile_prefix: str | None = None) -> Runner:
-    """ONNX Runtime CPU session over a file or serialized model."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    source = model if isinstance(model, bytes) else str(model)
-    session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0], np.float32)
-
-    run.session = session  # type: ignore[attr-defined]
-    return run
-
-
-def openvino_runner(model: Any, threads: int, hint: str = "LATENCY", perf_counters: bool = False) -> Runner:
-    """OpenVINO CPU compiled model over an ``ov.Model``, a path or an ``ov.CompiledModel``."""
-    import openvino as ov
-
-    if isinstance(model, ov.CompiledModel):
-        compiled = model
-    else:
-        core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint,
-                                  "INFERENCE_PRECISION_HINT": "f32"}
-        if perf_counters:
-            config["PERF_COUNT"] = True
-        compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
-    request = compiled.create_infer_request()
-    shape = compiled.input(0).get_partial_shape()
-    fixed = shape[0].is_static
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        if fixed and batch.shape[0] != shape[0].get_length():
-            return np.concatenate([run(batch[i : i + 1]) for i in range(len(batch))])
-        request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        return np.asarray(request.get_output_tensor(0).data, np.float32).copy()
-
-    run.request = request  # type: ignore[attr-defined]
-    return run
-
-
-def tflite_runner(path: str | Path, threads: int) -> Runner:
-    """The LiteRT backend's session (XNNPACK; int8 I/O quantized with the file's own parameters)."""
+def _session_runner(backend: str, path: Path, threads: int, settings: dict[str, Any]) -> tuple[Runner, Any]:
     from compressor.backends import RuntimeOptions, get_backend
     from compressor.verify import run_batched
 
-    session = get_backend("litert").load(Path(path), {}, RuntimeOptions(threads=threads))
+    session = get_backend(backend).load(Path(path), {}, RuntimeOptions(threads=threads, settings=settings))
     fixed = session.batch_sizes()
 
     def run(batch: np.ndarray) -> np.ndarray:
         return run_batched(session.run, batch, fixed)
 
+    return run, session
+
+
+def onnx_runner(model: str | Path | bytes, threads: int, profile_prefix: str | None = None) -> Runner:
+    """The ONNX Runtime backend's CPU session over a file or a serialized model (``.session``: the
+    ``InferenceSession``, for its profiler)."""
+    settings = {"profile_prefix": profile_prefix} if profile_prefix is not None else {}
+    if isinstance(model, bytes):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            path.write_bytes(model)
+            run, session = _session_runner("onnxruntime", path, threads, settings)
+    else:
+        run, session = _session_runner("onnxruntime", Path(model), threads, settings)
+    run.session = session.session  # type: ignore[attr-defined]
     return run
+
+
+def openvino_runner(model: Any, threads: int, hint: str = "LATENCY", perf_counters: bool = False) -> Runner:
+    """The OpenVINO backend's CPU session over an IR path or an ``ov.Model`` (``.request``: the infer
+    request, for its per-layer counters); an ``ov.CompiledModel`` (from NNCF) runs as compiled."""
+    import openvino as ov
+
+    if isinstance(model, ov.CompiledModel):
+        request = model.create_infer_request()
+        step = 1 if model.input(0).get_partial_shape()[0].is_static else None
+
+        def run_compiled(batch: np.ndarray) -> np.ndarray:
+            chunks = [batch[i : i + step] for i in range(len(batch))] if step else [batch]
+            return np.concatenate([np.asarray(request.infer({0: np.ascontiguousarray(c, np.float32)})[0],
+                                              np.float32) for c in chunks])
+
+        run_compiled.request = request  # type: ignore[attr-defined]
+        return run_compiled
+    settings = {"hint": hint.lower(), "perf_counters": perf_counters}
+    if isinstance(model, ov.Model):
+        with tempfile.TemporaryDirectory() as tmp:
+            xml = Path(tmp) / "model.xml"
+            ov.save_model(model, str(xml), compress_to_fp16=False)
+            run, session = _session_runner("openvino", xml, threads, settings)
+    else:
+        run, session = _session_runner("openvino", Path(model), threads, settings)
+    run.request = session.request  # type: ignore[attr-defined]
+    return run
+
+
+def tflite_runner(path: str | Path, threads: int) -> Runner:
+    """The LiteRT backend's session (XNNPACK; int8 I/O quantized with the file's own parameters)."""
+    return _session_runner("litert", Path(path), threads, {})[0]
 
 
 def logits(run: Runner, images: np.ndarray, batch: int = 64) -> np.ndarray:
