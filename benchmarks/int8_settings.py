@@ -3,8 +3,13 @@
     python benchmarks/int8_settings.py runs/ptq_r18   # uses the run's export_onnx output
 
 ONNX Runtime: QDQ vs QOperator, per-tensor vs per-channel, reduce_range on/off. OpenVINO: NNCF
-performance preset with LATENCY vs THROUGHPUT hint. LiteRT is covered by bench_int8.py (XNNPACK
-is the interpreter's default delegate; int8 runs through its QS8 kernels).
+performance vs mixed preset, depthwise convolutions kept in float or not, LATENCY vs THROUGHPUT
+hint. LiteRT is covered by bench_int8.py (XNNPACK is the interpreter's default delegate; int8 runs
+through its QS8 kernels).
+
+On a CPU with VNNI, ``ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/int8_settings.py RUN`` measures
+OpenVINO as it runs on an AVX2 CPU without VNNI (oneDNN dispatches AVX2 kernels; real timings, not
+emulation). ONNX Runtime and XNNPACK have no such switch.
 """
 
 from __future__ import annotations
@@ -46,14 +51,25 @@ def main() -> None:
         from compressor.quant.plans import nncf_kwargs
 
         model = ov_q.read_ov_model(src)
-        q = ov_q.quantize_ov(model.clone(), calib, nncf_kwargs("performance", "fast", 64, {}))
+        variants = {
+            "performance": nncf_kwargs("performance", "fast", 64, {}),
+            "mixed": nncf_kwargs("mixed", "fast", 64, {}),
+            "performance, depthwise float": nncf_kwargs("performance", "fast", 64, {"types": ["GroupConvolution"]}),
+        }
+        quantized = {name: ov_q.quantize_ov(model.clone(), calib, kw) for name, kw in variants.items()}
         for hint in ("LATENCY", "THROUGHPUT"):
             f = {t: evaluate.latency_ms(evaluate.openvino_runner(model, t, hint), sample)["median_ms"] for t in (1, 2)}
-            i = {t: evaluate.latency_ms(evaluate.openvino_runner(q, t, hint), sample)["median_ms"] for t in (1, 2)}
-            rows.append({"runtime": "openvino", "setting": f"hint={hint}", **{f"fp32_ms_{t}t": f[t] for t in f},
-                         **{f"ms_{t}t": i[t] for t in i}, **{f"x_{t}t": round(f[t] / i[t], 2) for t in i}})
-            print(json.dumps(rows[-1]))
-    (run / "int8_settings.json").write_text(json.dumps(rows, indent=2))
+            for name, q in quantized.items():
+                i = {t: evaluate.latency_ms(evaluate.openvino_runner(q, t, hint), sample)["median_ms"] for t in (1, 2)}
+                rows.append({"runtime": "openvino", "setting": f"{name} hint={hint}",
+                             **{f"fp32_ms_{t}t": f[t] for t in f}, **{f"ms_{t}t": i[t] for t in i},
+                             **{f"x_{t}t": round(f[t] / i[t], 2) for t in i}})
+                print(json.dumps(rows[-1]))
+    from compressor.envinfo import cpu_info
+
+    cpu = cpu_info()
+    caps = "".join(f"-{v}" for v in cpu["isa_caps"].values()).lower()
+    (run / f"int8_settings{caps}.json").write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

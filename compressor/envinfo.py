@@ -21,6 +21,11 @@ PACKAGES = (
 )
 
 
+# Environment variables that cap the instruction set a runtime dispatches to (oneDNN inside OpenVINO
+# reads ONEDNN_MAX_CPU_ISA, e.g. AVX2 to measure a CPU without VNNI on one that has it).
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     flags: set[str] = set()
@@ -43,6 +48,7 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "features": features,
         "int8_dot_product": int8,
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if os.environ.get(name)},
     }
 
 

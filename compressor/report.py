@@ -53,7 +53,9 @@ def render(manifest: dict[str, Any], opening: list[str] | None = None) -> str:
         "## Environment",
         "",
         f"- CPU: {cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable cores; features: "
-        f"{', '.join(cpu['features']) or 'none detected'}; INT8: {cpu['int8_dot_product']}",
+        f"{', '.join(cpu['features']) or 'none detected'}; INT8: {cpu['int8_dot_product']}"
+        + "".join(f"; **{k}={v}** (runtimes capped below the CPU's own instruction set)"
+                  for k, v in cpu.get("isa_caps", {}).items()),
         f"- Threads: {env['threads']}; device: {env.get('device')}; GPU: {env.get('cuda') or 'none'}",
         f"- Python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
         "",

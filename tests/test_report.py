@@ -121,3 +121,18 @@ def test_bench_command_on_an_external_file(tmp_path: Path, cli_env: dict[str, st
     proc = subprocess.run([PYTHON, "-m", "compressor.cli", "bench", str(path), "--data", str(tmp_path)],
                           capture_output=True, text=True, env=cli_env, check=False)
     assert proc.returncode != 0 and "--data needs --preprocess" in proc.stderr
+
+
+def test_cpu_info_records_features_and_isa_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports say whether INT8 had a dot-product instruction, and whether a runtime's ISA was capped."""
+    from compressor.envinfo import cpu_info
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: Some CPU\nflags\t\t: sse4_2 avx2 fma avx512f\n")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = cpu_info(fake)
+    assert info["model"] == "Some CPU" and info["int8_dot_product"] == "no int8 dot-product"
+    assert {"avx2", "avx512f"} <= set(info["features"]) and info["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    fake.write_text("flags\t\t: avx2 avx512f avx512_vnni\n")
+    assert cpu_info(fake)["int8_dot_product"] == "vnni/dotprod"
