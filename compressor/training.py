@@ -174,6 +174,8 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_top1, best_state = state["epoch"], state["best_top1"], state["best_state"]
         bad_epochs, history = state["bad_epochs"], state["history"]
+        if "rng" in state:  # augmentation draws continue as if the run had not stopped
+            torch.set_rng_state(state["rng"])
         ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
 
     epoch = start_epoch
@@ -212,7 +214,7 @@ def fit(
         snapshot: dict[str, Any] = {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_state": best_state,
-            "bad_epochs": bad_epochs, "history": history,
+            "bad_epochs": bad_epochs, "history": history, "rng": torch.get_rng_state(),
         }
         if extra is not None:
             snapshot["extra"] = extra.state_dict()
