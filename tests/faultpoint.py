@@ -6,7 +6,8 @@
 ``--on-log``: pause right after the run logs a line containing TEXT (an epoch line: that epoch's checkpoint
 is on disk). ``--after-stage``: pause when stage NAME's function has returned, so that its files lie in
 ``cache/<key>.tmp-<pid>`` but are not committed (no stage.json, no rename): the worst moment to die.
-At the pause it prints ``FAULTPOINT`` on stderr and sleeps until a signal ends it. Nothing else changes.
+At the pause it prints ``FAULTPOINT`` on stderr and sleeps until a signal ends it (or exits with 99 after
+5 minutes). Nothing else changes.
 
     python -m tests.faultpoint --serve
 
@@ -34,6 +35,7 @@ PAUSE_S = 300.0
 def _pause() -> None:
     print("FAULTPOINT", file=sys.stderr, flush=True)
     time.sleep(PAUSE_S)
+    os._exit(99)  # nobody came to stop it (the test died): do not go on writing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -302,3 +302,33 @@ def test_second_run_on_the_same_output_folder_is_refused_with_a_lock_message(cha
     assert "another run is using" in stderr and ".lock" in stderr and "--out" in stderr
     # the run that held the folder went on to complete, its artifacts intact (checked against the reference)
     assert chain.final_rc == 0 and chain.manifest["status"] == "complete"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other architecture"])
+def test_damaged_epoch_checkpoint_starts_the_stage_over(tmp_path: Path, damage: str) -> None:
+    """A stage stopped after an epoch whose checkpoint is then damaged reruns from epoch 0, not a crash."""
+    import torch
+
+    from compressor.engine import run_recipe
+    from compressor.recipe import validate_document
+
+    doc = _doc(tmp_path / "run")
+    doc["stages"] = [{"name": "teacher", "type": "train", "epochs": 2, "lr": 0.05}]
+
+    def stop_after_epoch_1(msg: str) -> None:
+        if "teacher: train epoch 1/2" in msg:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_recipe(validate_document(copy.deepcopy(doc)), log=stop_after_epoch_1, show_progress=False)
+    [ckpt] = (tmp_path / "run/cache").glob("*.work/train-last.pt")
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:300])
+    else:
+        torch.save({"epoch": 1, "best_top1": 0.0, "best_state": None, "bad_epochs": 0, "history": [],
+                    "model": torch.nn.Linear(2, 2).state_dict()}, ckpt)
+    seen: list[str] = []
+    result = run_recipe(validate_document(copy.deepcopy(doc)), log=seen.append, show_progress=False)
+    assert any("is unreadable" in m and "starting train over" in m for m in seen), seen
+    teacher = json.loads(result.manifest_path.read_text())["stages"][1]
+    assert teacher["metrics"]["resumed_from_epoch"] == 0 and len(teacher["metrics"]["history"]) == 2
