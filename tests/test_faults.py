@@ -317,7 +317,8 @@ def test_damaged_epoch_checkpoint_starts_the_stage_over(tmp_path: Path, damage: 
 
     def stop_after_epoch_1(msg: str) -> None:
         if "teacher: train epoch 1/2" in msg:
-            raise RuntimeError("stopped")
+            stopped = "stopped"
+            raise RuntimeError(stopped)
 
     with pytest.raises(RuntimeError, match="stopped"):
         run_recipe(validate_document(copy.deepcopy(doc)), log=stop_after_epoch_1, show_progress=False)
