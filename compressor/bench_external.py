@@ -134,7 +134,11 @@ def labelled_arrays(data: str, preprocess: dict[str, Any], limit: int | None,
 def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None, preprocess: dict[str, Any] | None,
               batch_sizes: list[int], modes: list[str], images_limit: int | None, budget: float,
               timing: dict[str, Any], log: Any = print) -> Path:
-    """Benchmark ``paths`` on ``targets``; write results.json and the report into ``out``."""
+    """Benchmark ``paths`` on ``targets``; write results.json and the report into ``out``.
+
+    A target that could not be used at all (unreachable, host key refused, no rootfs) is a failed row in
+    the report, and then a :class:`CompressorError` naming it, after the others' results are written.
+    """
     arts = [describe_file(p) for p in paths]
     names = [a.name for a in arts]
     for i, a in enumerate(arts):
@@ -165,7 +169,16 @@ def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None
     write_json(out / "results.json", doc)
     from compressor.report import write_report
 
-    return write_report(out)
+    path = write_report(out)
+    unusable = [r for r in results if r.note and all(row.get("status") == "failed"
+                                                     for rows in r.rows.values() for row in rows)]
+    if unusable:
+        # the other targets' measurements are written; the command still fails, naming the target
+        first = unusable[0]
+        others = f" (and {len(unusable) - 1} more target(s))" if len(unusable) > 1 else ""
+        msg = f"target {first.target} could not be used{others}: {first.note}; the report is in {path}"
+        raise CompressorError(msg)
+    return path
 
 
 def _rows(arts: list[ExternalArtifact], results: list[TargetResult]) -> list[dict[str, Any]]:

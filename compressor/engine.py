@@ -19,6 +19,7 @@ the manifest and the report, and only stages marked ``distributed`` run on the o
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -297,8 +298,13 @@ class Engine:
                 if not marker.exists():  # lost a race only if the other writer finished
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                # a library writing its file hit a full disk: the user's problem, not an internal error
+                msg = (f"could not write {err.filename or tmp}: {err.strerror}; free space or choose another "
+                       "output folder (finished stages are kept)")
+                raise CompressorError(msg) from err
             raise
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         self.log(f"{name} ({stage_type}): done in {seconds:.1f} s")

@@ -183,7 +183,8 @@ def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
     """Validate a parsed YAML document; raise :class:`RecipeError` listing every problem."""
     if not isinstance(doc, dict):
         what = "empty" if doc is None else f"a {type(doc).__name__}"
-        raise RecipeError(source, [Problem("", f"a recipe must be a YAML mapping of settings and stages, got {what}")])
+        raise RecipeError(source, [Problem("", f"a recipe must be a YAML mapping of settings and stages, got {what}"
+                                                 "; see recipes/demo.yaml for the layout")])
     problems: list[Problem] = []
     settings: RecipeSettings | None = None
     try:
@@ -297,7 +298,9 @@ def read_recipe_file(path: Path) -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}")]) from err
+        hint = ("; recipes are read with yaml.safe_load, which builds no Python objects: remove the tag"
+                if "constructor for the tag" in problem else "; fix the syntax there")
+        raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}{hint}")]) from err
 
 
 def apply_overrides(doc: Any, overrides: dict[str, Any]) -> Any:

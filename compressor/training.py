@@ -166,15 +166,25 @@ def fit(
     start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
     history: list[dict[str, float]] = []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        if extra is not None and "extra" in state:
-            extra.load_state_dict(state["extra"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_top1, best_state = state["epoch"], state["best_top1"], state["best_state"]
-        bad_epochs, history = state["bad_epochs"], state["history"]
-        ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
+        initial = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (model, extra) if m is not None]
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            epoch_fields = state["epoch"], state["best_top1"], state["best_state"], state["bad_epochs"], state["history"]
+            model.load_state_dict(state["model"])
+            if extra is not None and "extra" in state:
+                extra.load_state_dict(state["extra"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, best_top1, best_state, bad_epochs, history = epoch_fields
+            if "rng" in state:  # augmentation draws continue as if the run had not stopped
+                torch.set_rng_state(state["rng"])
+            ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the epochs, not the run
+            for m, weights in zip((model, extra), initial, strict=False):
+                m.load_state_dict(weights)  # type: ignore[union-attr]
+            ctx.log(f"{ctx.name}: epoch checkpoint {ckpt_path} is unreadable ({type(err).__name__}: "
+                    f"{str(err)[:120]}); starting {desc} over")
+            ckpt_path.unlink(missing_ok=True)
 
     epoch = start_epoch
     for epoch in range(start_epoch, opts.epochs):
@@ -212,7 +222,7 @@ def fit(
         snapshot: dict[str, Any] = {
             "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_state": best_state,
-            "bad_epochs": bad_epochs, "history": history,
+            "bad_epochs": bad_epochs, "history": history, "rng": torch.get_rng_state(),
         }
         if extra is not None:
             snapshot["extra"] = extra.state_dict()

@@ -103,9 +103,9 @@ def test_model_source_needs_exactly_one() -> None:
 
 
 @pytest.mark.parametrize("doc, expected", [
-    (None, "a recipe must be a YAML mapping of settings and stages, got empty"),
-    ([1, 2], "a recipe must be a YAML mapping of settings and stages, got a list"),
-    ("text", "a recipe must be a YAML mapping of settings and stages, got a str"),
+    (None, "a recipe must be a YAML mapping of settings and stages, got empty; see recipes/demo.yaml for the layout"),
+    ([1, 2], "a recipe must be a YAML mapping of settings and stages, got a list; see recipes/demo.yaml for the layout"),
+    ("text", "a recipe must be a YAML mapping of settings and stages, got a str; see recipes/demo.yaml for the layout"),
 ])
 def test_not_a_mapping(doc: object, expected: str) -> None:
     assert problems_of(doc) == [expected]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
@@ -80,3 +85,112 @@ def test_no_unsafe_loading_or_execution_in_package() -> None:
             if re.search(r"\bpickle\.loads?\(", code):
                 offenders.append(f"{path}:{number}: pickle.load")
     assert not offenders, "\n".join(offenders)
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _keyword(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _is_constant(node: ast.expr | None, value: object) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) is type(value) and node.value == value
+
+
+FORBIDDEN_CALLS = {
+    "eval", "exec", "compile", "os.system", "os.popen", "pickle.load", "pickle.loads", "marshal.loads",
+    "yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "shelve.open",
+}
+
+
+def _unsafe_calls(path: Path) -> list[str]:
+    """Every call in one module that loads, runs or extracts something unsafely (multi-line calls too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        name, where = _dotted(node.func), f"{path}:{node.lineno}"
+        if name in FORBIDDEN_CALLS:
+            found.append(f"{where}: {name}()")
+        if name == "torch.load" and not _is_constant(_keyword(node, "weights_only"), True):
+            found.append(f"{where}: torch.load without weights_only=True")
+        if name in ("np.load", "numpy.load") and _is_constant(_keyword(node, "allow_pickle"), True):
+            found.append(f"{where}: np.load(allow_pickle=True)")
+        shell = _keyword(node, "shell")
+        if shell is not None and not _is_constant(shell, False):
+            found.append(f"{where}: shell={ast.unparse(shell)}")
+        if name.startswith("subprocess.") and node.args and isinstance(node.args[0], (ast.JoinedStr, ast.BinOp,
+                                                                                        ast.Constant)):
+            found.append(f"{where}: {name} with a command string, not an argument list")
+        if name.rsplit(".", 1)[-1] in ("extractall", "extract", "unpack_archive") and \
+                not _is_constant(_keyword(node, "filter"), "data"):
+            found.append(f"{where}: archive extraction without filter='data' (paths outside the target)")
+    return found
+
+
+def test_no_unsafe_call_anywhere_in_the_package_ast() -> None:
+    """The same rules on the syntax tree: a call split over lines or an alias cannot hide from them."""
+    offenders = [o for path in _python_sources() for o in _unsafe_calls(path)]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_ast_check_finds_what_it_looks_for(tmp_path: Path) -> None:
+    bad = tmp_path / "probe.py"
+    bad.write_text(
+        "import torch, subprocess, tarfile, yaml\n"
+        "torch.load(\n    'x.pt',\n    map_location='cpu',\n)\n"
+        "subprocess.run(f'ssh {host} ls', shell=True)\n"
+        "tarfile.open('a.tar').extractall('out')\n"
+        "yaml.load(open('r.yaml'), Loader=yaml.Loader)\n"
+        "eval('1 + 1')\n"
+    )
+    found = _unsafe_calls(bad)
+    assert len(found) == 6, found
+
+
+def test_yaml_tags_build_no_python_objects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from compressor.cli import main
+
+    marker = tmp_path / "pwned"
+    doc = copy.deepcopy(TINY_RECIPE)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc).replace(
+        "name: tiny", f"name: !!python/object/apply:os.system ['touch {marker}']"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "could not determine a constructor for the tag" in err and "yaml.safe_load" in err
+    assert not marker.exists()
+
+
+def test_ssh_commands_are_argument_lists_with_remote_paths_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile device answer (a temp folder name with a space and a ';') and an odd python path stay data."""
+    from compressor.targets import Job, JobArtifact, SshTarget, ssh
+
+    remote = "/tmp/compressor-bench.x y;touch pwned"
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        assert isinstance(argv, list) and "shell" not in kw
+        calls.append(argv)
+        out = remote + "\n" if argv[-1].startswith("mktemp") else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(ssh.subprocess, "run", fake_run)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    for name in ("key", "known_hosts"):
+        (tmp_path / name).write_text("")
+    target = SshTarget(host="board", user="pi", key=tmp_path / "key", known_hosts=tmp_path / "known_hosts",
+                       python="/opt/my python/bin/python3")
+    ssh.run_ssh(target, Job([JobArtifact("m", "onnx", tmp_path / "m.onnx")]), tmp_path / "job")
+    ssh_calls = [c for c in calls if c[0] == "ssh"]
+    assert [c[-2] for c in ssh_calls] == ["pi@board"] * 3  # the remote command is one argument after the host
+    run_cmd, rm_cmd = ssh_calls[1][-1], ssh_calls[2][-1]
+    assert shlex.split(run_cmd) == ["/opt/my python/bin/python3", f"{remote}/job/runner.py", f"{remote}/job/job.json"]
+    assert shlex.split(rm_cmd) == ["rm", "-rf", remote]
+    assert "StrictHostKeyChecking=yes" in ssh_calls[0] and "BatchMode=yes" in ssh_calls[0]
