@@ -147,6 +147,36 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+class PKBatchSampler:
+    """Batches of ``p`` identities x ``k`` images each (seeded), so every anchor has positives and negatives.
+
+    An epoch has ``len(labels) // (p * k)`` batches (at least one). Identities are drawn without
+    replacement within a batch when there are at least ``p`` of them; an identity with fewer than
+    ``k`` images repeats some.
+    """
+
+    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int):
+        self.labels = np.asarray(labels)
+        self.p, self.k, self.seed = p, k, seed
+        self.identities = np.unique(self.labels)
+
+    def __len__(self) -> int:
+        return max(1, len(self.labels) // (self.p * self.k))
+
+    def __iter__(self) -> Any:
+        rng = np.random.default_rng(self.seed)
+        pools = {int(i): list(rng.permutation(np.flatnonzero(self.labels == i))) for i in self.identities}
+        cursor = dict.fromkeys(pools, 0)
+        for _ in range(len(self)):
+            ids = rng.choice(self.identities, self.p, replace=len(self.identities) < self.p)
+            batch: list[int] = []
+            for identity in ids:
+                pool, start = pools[int(identity)], cursor[int(identity)]
+                batch += [int(pool[(start + j) % len(pool)]) for j in range(self.k)]
+                cursor[int(identity)] = (start + self.k) % len(pool)
+            yield batch
+
+
 @dataclass
 class DataModule:
     """The data of one run: splits, class names, what was skipped, and loaders."""
@@ -165,8 +195,14 @@ class DataModule:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.config.preprocess.channels, self.input_size, self.input_size)
 
-    def train_loader(self, batch_size: int | None = None, epoch: int = 0, sampler: Any = None) -> DataLoader:
+    def train_loader(self, batch_size: int | None = None, epoch: int = 0, sampler: Any = None,
+                     pk: tuple[int, int] | None = None) -> DataLoader:
+        """Shuffled training batches; ``pk`` = (P, K) gives P identities x K images per batch instead."""
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        if pk is not None:
+            labels = self.train.labels.numpy()  # type: ignore[attr-defined]
+            return DataLoader(self.train, batch_sampler=PKBatchSampler(labels, pk[0], pk[1], self.seed * 1000 + epoch),
+                              num_workers=self.config.workers)
         return DataLoader(
             self.train, batch_size=batch_size or self.config.batch_size, shuffle=sampler is None,
             sampler=sampler, generator=generator, num_workers=self.config.workers, drop_last=False,

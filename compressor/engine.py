@@ -211,6 +211,11 @@ class Engine:
         if src.checkpoint is not None:
             load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
         meta = model_meta(src, self._classes(), self._in_channels())
+        if self.recipe.task == "embedding":
+            from compressor.embedding import embedding_net, embedding_spec
+
+            meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
+            model = embedding_net(model, meta["embedding"])
         return StageOutput(save_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
 
     # -- running ------------------------------------------------------------------------------

@@ -40,10 +40,14 @@ class GateBase(Strict):
         return self.name or str(getattr(self, "type", "gate"))
 
 
+Accuracy = Literal["top1", "top5", "rank1", "rank5", "map"]
+
+
 class MaxTop1Drop(GateBase):
-    """Top-1 may drop at most ``max_drop`` points below the teacher, or keep ``min_retained_pct`` of it."""
+    """Top-1 (or ``metric``) may drop at most ``max_drop`` points below the teacher, or keep ``min_retained_pct`` of it."""
 
     type: Literal["max_top1_drop"]
+    metric: Accuracy = Field("top1", description="Accuracy compared: top1, or rank1 / map for embedding models.")
     max_drop: float | None = Field(None, ge=0, le=100, description="Largest drop versus the teacher, in top-1 points.")
     min_retained_pct: float | None = Field(
         None, gt=0, le=100, description="Top-1 must be at least this percent of the teacher's (MLPerf edge: 99).")
@@ -59,7 +63,7 @@ class MaxTop1Drop(GateBase):
 
 class MinAccuracy(GateBase):
     type: Literal["min_accuracy"]
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Accuracy = Field("top1", description="top1 / top5, or rank1 / rank5 / map for embedding models.")
     min: float = Field(ge=0, le=100, description="Lowest accepted accuracy, percent.")
 
 
@@ -287,6 +291,12 @@ class _Evaluator:
             self.add(gate, artifact, "files", f"<= {gate.max_mb:g} MB", f"{size / MB:.3f} MB", size <= gate.max_mb * MB)
 
     def check(self, gate: GateBase, artifact: str, row: dict[str, Any]) -> None:
+        metric = getattr(gate, "metric", None)
+        if metric is not None and row.get(metric) is None:
+            have = [k for k in ("top1", "top5", "rank1", "rank5", "map") if row.get(k) is not None]
+            self.add(gate, artifact, _where(row, False), f"{metric}", "not measured", False,
+                     f"the row has no {metric}; it has {', '.join(have) or 'no accuracy'} (set the gate's metric)")
+            return
         if isinstance(gate, MinAccuracy):
             value = float(row[gate.metric])
             self.add(gate, artifact, _where(row, False), f"{gate.metric} >= {gate.min:g}%", f"{value:.2f}%",
@@ -317,11 +327,17 @@ class _Evaluator:
             threshold = f"drop <= {gate.max_drop:g} pt vs {self.gates.teacher}"
         else:
             threshold = f">= {gate.min_retained_pct:g}% of {self.gates.teacher}"
+        if gate.metric != "top1":
+            threshold = f"{gate.metric} {threshold}"
         if teacher is None:
             self.add(gate, artifact, _where(row, False), threshold, "no teacher row", False,
                      f"teacher {self.gates.teacher} has no row in {row.get('bench')}")
             return
-        mine, theirs = float(row["top1"]), float(teacher["top1"])
+        if teacher.get(gate.metric) is None:
+            self.add(gate, artifact, _where(row, False), threshold, "no teacher value", False,
+                     f"teacher {self.gates.teacher} row has no {gate.metric}")
+            return
+        mine, theirs = float(row[gate.metric]), float(teacher[gate.metric])
         elsewhere = f" (teacher on {row_target(teacher)})" if row_target(teacher) != row_target(row) else ""
         if gate.max_drop is not None:
             drop = theirs - mine
