@@ -270,7 +270,10 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> DataModule:
     )
 
 
-def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[Path, int]]]:
+def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[str, str]],
+                open_set: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (file, label) pairs of one split. ``open_set`` (embedding models) accepts validation
+    identities the training split lacks: they get labels after the training classes."""
     folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         msg = f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>"
@@ -280,10 +283,13 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
         classes = names
     else:
         extra = [n for n in names if n not in classes]
-        if extra:
+        if extra and not open_set:
             msg = (f"{split_dir} has class folder(s) {', '.join(extra)} that the training split "
                    f"{split_dir.parent / 'train'} does not have; the model cannot predict them")
             raise DataError(msg)
+    index = {name: i for i, name in enumerate(classes)}
+    for name in names:
+        index.setdefault(name, len(index))
     samples: list[tuple[Path, int]] = []
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -291,7 +297,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
         for path in files:
             reason = _decodes(path)
             if reason is None:
-                samples.append((path, classes.index(folder.name)))
+                samples.append((path, index[folder.name]))
                 good += 1
             else:
                 skipped.append({"file": str(path), "reason": reason})
@@ -301,7 +307,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
     return classes, samples
 
 
-def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
+def _image_folder(cfg: DataConfig, seed: int, open_set: bool = False) -> DataModule:
     assert cfg.path is not None
     root = cfg.path
     if not root.is_dir():
@@ -321,7 +327,7 @@ def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
     classes, train_samples = _scan_split(train_dir, None, skipped)
     labels = np.asarray([label for _, label in train_samples])
     if (root / "val").is_dir():
-        _, val_samples = _scan_split(root / "val", classes, skipped)
+        _, val_samples = _scan_split(root / "val", classes, skipped, open_set)
     else:
         tr_idx, va_idx = _stratified_split(labels, cfg.val_fraction, rng)
         val_samples = [train_samples[i] for i in va_idx]
@@ -341,8 +347,12 @@ def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
     )
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataModule:
-    """Build the data module a recipe describes; errors name the path at fault."""
+def load_data(cfg: DataConfig, seed: int, open_set: bool = False) -> DataModule:
+    """Build the data module a recipe describes; errors name the path at fault.
+
+    ``open_set`` (embedding recipes): an ImageFolder's val/ may hold identities train/ lacks (labelled
+    after the training classes); retrieval needs no classifier over them.
+    """
     if cfg.source == "fashion-mnist":
         return _fashion_mnist(cfg, seed)
-    return _image_folder(cfg, seed)
+    return _image_folder(cfg, seed, open_set)

@@ -156,7 +156,7 @@ class Engine:
     # -- data ---------------------------------------------------------------------------------
     def data(self) -> DataModule:
         if self._data is None:
-            self._data = load_data(self.recipe.data, self.recipe.seed)
+            self._data = load_data(self.recipe.data, self.recipe.seed, open_set=self.recipe.task == "embedding")
             if self._data.skipped:
                 first = self._data.skipped[0]
                 self.log(f"data: skipped {len(self._data.skipped)} undecodable image(s), first {first['file']} "

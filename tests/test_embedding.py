@@ -238,13 +238,18 @@ def _tiny_embedding_recipe(tmp_path: Path) -> dict[str, Any]:
         "stages": [
             {"name": "teacher", "type": "train", "epochs": 2, "lr": 0.05},
             {"name": "evaluate", "type": "evaluate"},
-            {"name": "student", "type": "distill", "student": {"entry_point": "tests.tinynet:tiny_cnn",
+            {"name": "pruned", "type": "prune", "macs_reduction": 0.3, "importance": "taylor", "taylor_batches": 1,
+             "finetune": {"epochs": 1, "lr": 0.01}, "distill": {"alpha": 0.5}},
+            {"name": "student", "type": "distill", "teacher": "teacher", "student": {"entry_point": "tests.tinynet:tiny_cnn",
                                                                  "kwargs": {"width": 4}},
              "loss": {"type": "embedding", "relational": 1.0}, "epochs": 1, "lr": 0.05},
             {"name": "onnx", "type": "export_onnx", "verify_images": 20},
+            {"name": "openvino", "type": "export_openvino", "input": "pruned", "verify_images": 20},
+            {"name": "tflite", "type": "export_tflite", "input": "student", "verify_images": 20},
             {"name": "int8", "type": "quantize", "input": "onnx", "calibration_images": 16, "eval_images": 40,
              "min_agreement": 50, "max_accuracy_drop": 100},
-            {"name": "bench", "type": "benchmark", "inputs": ["teacher", "student", "onnx", "int8"],
+            {"name": "bench", "type": "benchmark", "inputs": ["teacher", "pruned", "student", "onnx", "openvino",
+                                                             "tflite", "int8"],
              "min_iters": 3, "warmup": 1, "time_budget_s": 0.02},
         ],
         "gates": {"teacher": "teacher", "checks": [
@@ -269,6 +274,11 @@ def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
     assert ev.keys() >= {"rank1", "rank5", "map", "queries", "gallery"} and "top1" not in ev
     assert ev["map"] == teacher["val_map"]  # same split, same model
     assert stages["teacher"].artifact.meta["embedding"]["dim"] == 8
+    pruned = stages["pruned"].metrics
+    assert pruned["metric"] == "map" and pruned["macs_after"] < pruned["macs_before"]
+    assert stages["pruned"].artifact.meta["structure"]  # rebuilt from recorded shapes, embedding head included
+    for name in ("openvino", "tflite"):
+        assert stages[name].metrics["mean_cosine"] > 0.999
     distill = stages["student"].metrics
     assert distill.keys() >= {"teacher_map", "student_map", "teacher_cosine"}
     onnx = stages["onnx"].metrics
@@ -276,7 +286,7 @@ def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
     int8 = stages["int8"].metrics
     assert int8.keys() >= {"fp32_map", "int8_map", "mean_cosine", "int8_retrieval"}
     rows = stages["bench"].metrics["rows"]
-    assert {r["stage"] for r in rows} == {"teacher", "student", "onnx", "int8"}
+    assert {r["stage"] for r in rows} == {"teacher", "pruned", "student", "onnx", "openvino", "tflite", "int8"}
     for r in rows:
         assert r["status"] == "ok" and r.keys() >= {"rank1", "rank5", "map", "mean_cosine", "median_ms"}
     by = {r["stage"]: r for r in rows}
@@ -295,3 +305,32 @@ def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
                                           for f in s["files"])
     graph = onnx_lib.load(str(model_path)).graph
     assert graph.output[0].name == "embedding"
+
+
+def test_open_set_validation_identities(tmp_path: Path) -> None:
+    from compressor.config import DataConfig
+    from compressor.data import load_data
+    from compressor.errors import DataError
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=3, size=8)
+    (root / "train" / "class_2").rename(tmp_path / "moved")  # class_2 only in val: an unseen identity
+    cfg = DataConfig(source="imagefolder", path=root, preprocess={"crop": 8})
+    with pytest.raises(DataError, match=r"has class folder\(s\) class_2 that the training split"):
+        load_data(cfg, 0)
+    data = load_data(cfg, 0, open_set=True)
+    assert data.classes == ["class_0", "class_1"]
+    assert sorted(set(data.val_arrays()[1].tolist())) == [0, 1, 2]
+
+
+def test_distill_loss_must_match_task(tmp_path: Path) -> None:
+    from compressor.engine import run_recipe
+    from compressor.errors import StageError
+
+    doc = _tiny_embedding_recipe(tmp_path)
+    doc.pop("gates")
+    doc["stages"] = [{"name": "teacher", "type": "train", "epochs": 1},
+                     {"name": "student", "type": "distill", "loss": {"type": "kd"}, "epochs": 1}]
+    doc["data"]["train_per_class"] = 4
+    with pytest.raises(StageError, match=r"an embedding recipe distills with loss: \{type: embedding\}"):
+        run_recipe(validate_document(doc), log=lambda _m: None, show_progress=False)

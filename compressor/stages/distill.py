@@ -113,6 +113,7 @@ def _loss_fn(cfg: DistillConfig, teacher_logits: Any, hint: tuple[FeatureTap, Fe
             value = dkd_loss(s_logits, t_logits, y, spec.temperature, spec.alpha, spec.beta, spec.ce_weight,
                              cfg.label_smoothing)
         else:
+            assert isinstance(spec, KDLoss)  # embedding losses go through _embedding_loss_fn
             value = kd_loss(s_logits.float(), t_logits.float(), y, spec.temperature, spec.alpha,
                             cfg.label_smoothing)
         if hint is not None and cfg.feature is not None:
