@@ -51,7 +51,7 @@ class Task:
 
             emb = self.embedding or EmbeddingConfig()
             return retrieval_metrics(outputs, labels, emb.distance, emb.query_fraction, self.seed)
-        return classification_metrics(outputs, labels, max(self.num_classes, int(outputs.shape[1]) if outputs.ndim == 2 else 0))
+        return classification_metrics(outputs, labels, self.num_classes or int(outputs.shape[1]))
 
     def value(self, outputs: np.ndarray, labels: np.ndarray) -> float:
         """The primary metric, percent."""

@@ -263,7 +263,8 @@ def _tiny_embedding_recipe(tmp_path: Path) -> dict[str, Any]:
 def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
     from compressor.engine import run_recipe
     from compressor.gates import GateSet as Gates
-    from compressor.release import benchmark_rows
+    from compressor.bundle_verify import verify_bundle
+    from compressor.release import benchmark_rows, make_release
 
     recipe = validate_document(_tiny_embedding_recipe(tmp_path))
     result = run_recipe(recipe, log=lambda _m: None, show_progress=False)
@@ -298,6 +299,13 @@ def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
     gate_rows = benchmark_rows(manifest["stages"])
     gates = Gates.model_validate(_tiny_embedding_recipe(tmp_path)["gates"])
     assert all(g.status == "pass" for g in evaluate_gates(gates, gate_rows, {}))
+    # a release (every stage reused from the cache) re-checks mAP of what it ships
+    release = make_release(recipe, "1.0.0", log=lambda _m: None, show_progress=False)
+    assert release.releasable
+    checks = json.loads((release.bundle / "manifest.json").read_text())["accuracy_checks"]
+    assert {c["stage"] for c in checks} == {"onnx", "int8"} and all(c["metric"] == "map" for c in checks)
+    report_ = verify_bundle(release.bundle, log=lambda _m: None)
+    assert len(report_.accuracy) == 2 and all(" map " in line for line in report_.accuracy)
     # the exported graph outputs unit vectors named "embedding"
     import onnx as onnx_lib
 
