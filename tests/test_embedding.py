@@ -342,3 +342,27 @@ def test_distill_loss_must_match_task(tmp_path: Path) -> None:
     doc["data"]["train_per_class"] = 4
     with pytest.raises(StageError, match=r"an embedding recipe distills with loss: \{type: embedding\}"):
         run_recipe(validate_document(doc), log=lambda _m: None, show_progress=False)
+
+
+def test_accuracy_control_measures_the_retrieval_metric() -> None:
+    from compressor.errors import AccuracyGoalError
+    from compressor.quant.accuracy_control import restore_until_within
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    clean = np.eye(8)[labels] + rng.normal(size=(40, 8)) * 0.05
+    task = Task(kind="embedding", embedding=EmbeddingConfig(metric="rank1"))
+
+    def quantize(excluded: Any) -> Any:
+        noise = 3.0 / (1 + 4 * len(excluded))  # each layer back in float makes the embeddings cleaner
+        return lambda x: clean[x[:, 0].astype(int)] + np.random.default_rng(1).normal(size=(len(x), 8)) * noise
+
+    images = np.arange(40, dtype=np.float32)[:, None]
+    fp32 = task.value(clean, labels)
+    result = restore_until_within(quantize, ["a", "b", "c"], images, labels, fp32, 1.0, 3, "onnx",
+                                  scorer=task.value, metric=task.label)
+    assert result.excluded and result.top1 >= fp32 - 1.0
+    assert "rank1" in result.attempts[0] and "top1" not in result.attempts[0]
+    with pytest.raises(AccuracyGoalError, match=r"(?s)max_accuracy_drop 0.0 pt of FP32 rank-1 .*rank-1 %"):
+        restore_until_within(lambda ex: quantize([]), ["a"], images, labels, fp32, 0.0, 1, "onnx",
+                             scorer=task.value, metric=task.label)
