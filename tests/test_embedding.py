@@ -261,9 +261,9 @@ def _tiny_embedding_recipe(tmp_path: Path) -> dict[str, Any]:
 
 @needs_fmnist
 def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
+    from compressor.bundle_verify import verify_bundle
     from compressor.engine import run_recipe
     from compressor.gates import GateSet as Gates
-    from compressor.bundle_verify import verify_bundle
     from compressor.release import benchmark_rows, make_release
 
     recipe = validate_document(_tiny_embedding_recipe(tmp_path))
