@@ -366,3 +366,13 @@ def test_accuracy_control_measures_the_retrieval_metric() -> None:
     with pytest.raises(AccuracyGoalError, match=r"(?s)max_accuracy_drop 0.0 pt of FP32 rank-1 .*rank-1 %"):
         restore_until_within(lambda ex: quantize([]), ["a"], images, labels, fp32, 0.0, 1, "onnx",
                              scorer=task.value, metric=task.label)
+
+
+def test_entry_point_returning_embeddings_is_used_as_is() -> None:
+    model = tiny_cnn(num_classes=6, in_channels=1)  # its 6 outputs stand for a 6-d embedding
+    spec = embedding_spec(EmbeddingConfig(output="model"), model, (1, 12, 12))
+    assert spec["feature_dim"] == 6
+    net = embedding_net(model, spec)
+    assert isinstance(net.backbone[-1], nn.Linear)  # nothing dropped
+    out = net.eval()(torch.randn(2, 1, 12, 12))
+    assert out.shape == (2, 6) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
