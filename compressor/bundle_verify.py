@@ -47,6 +47,16 @@ def file_problems(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _embedding_task(manifest: dict[str, Any]) -> Any:
+    from compressor.config import EmbeddingConfig
+    from compressor.evaluation import Task
+
+    recipe = manifest["recipe"]
+    emb = EmbeddingConfig.model_validate(recipe.get("embedding") or {})
+    seed = emb.split_seed if emb.split_seed is not None else int(recipe["seed"])
+    return Task(kind="embedding", embedding=emb, seed=seed)
+
+
 def _load_data(manifest: dict[str, Any], data_path: Path | None) -> DataModule:
     from compressor.config import DataConfig
     from compressor.data import load_data
@@ -55,7 +65,8 @@ def _load_data(manifest: dict[str, Any], data_path: Path | None) -> DataModule:
     if data_path is not None:
         settings["path"] = str(data_path)
     try:
-        return load_data(DataConfig.model_validate(settings), int(manifest["recipe"]["seed"]))
+        return load_data(DataConfig.model_validate(settings), int(manifest["recipe"]["seed"]),
+                         open_set=manifest["recipe"].get("task") == "embedding")
     except DataError as err:
         msg = f"cannot re-create the recorded data slice: {err}. Pass the data's folder with --data"
         raise DataError(msg) from err
@@ -117,12 +128,17 @@ def verify_bundle(bundle: Path, *, data_path: Path | None = None, tolerance: flo
             msg = f"cannot re-run {check['stage']} ({art['format']}/{art['precision']}) on {check['backend']}: {err}"
             raise CompressorError(msg) from err
         logits = run_batched(session.run, images, session.batch_sizes())
-        top1 = classification_metrics(logits, labels, len(manifest["data"]["classes"]))["top1"]
-        line = (f"{check['stage']} {art['format']}/{art['precision']} on {check['backend']}: top-1 {top1:.2f}% "
-                f"on {len(labels)} images (recorded {check['top1']:.2f}%)")
+        metric = check.get("metric", "top1")
+        if metric == "top1":
+            top1 = classification_metrics(logits, labels, len(manifest["data"]["classes"]))["top1"]
+            label = "top-1"
+        else:  # an embedding model: the same retrieval split and distance as the release measured
+            top1, label = float(_embedding_task(manifest).score(logits, labels)[metric]), metric
+        line = (f"{check['stage']} {art['format']}/{art['precision']} on {check['backend']}: {label} {top1:.2f}% "
+                f"on {len(labels)} images (recorded {check[metric]:.2f}%)")
         log(f"verify: {line}")
         report.accuracy.append(line)
-        if abs(top1 - float(check["top1"])) > tolerance:
+        if abs(top1 - float(check[metric])) > tolerance:
             failures.append(f"  {line}: differs by more than {tolerance} pt")
     if failures:
         msg = f"bundle {bundle} does not reproduce its accuracy:\n" + "\n".join(failures)

@@ -87,3 +87,66 @@ class StageConfig(Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     input: str | None = Field(None, description="Stage whose output this stage takes; 'model' is the recipe's model.")
+
+
+class PKSampling(Strict):
+    """P x K batches: ``identities`` identities with ``images`` images each (batch-hard mining needs positives)."""
+
+    identities: int = Field(8, ge=2, le=4096, description="P: identities per batch.")
+    images: int = Field(4, ge=2, le=256, description="K: images per identity in a batch.")
+
+
+class EmbeddingLoss(Strict):
+    """How embedding models train (every stage that trains uses it: train, prune fine-tune, distill, QAT).
+
+    The training head maps embeddings to identities and is kept out of the saved and exported model.
+    """
+
+    head: Literal["ce", "cosface", "arcface", "none"] = Field(
+        "cosface", description="ce: cosine-softmax classifier with cross-entropy; cosface / arcface: the same "
+        "with an additive cosine / angular margin; none: metric loss only.")
+    scale: float = Field(16.0, gt=0, le=256, description="Logit scale of the cosine head.")
+    margin: float | None = Field(None, ge=0, lt=1.5, description="Margin (default 0.25 cosface, 0.3 arcface).")
+    triplet: float = Field(0.0, ge=0, le=100, description="Weight of the batch-hard triplet loss (0: off).")
+    triplet_margin: float = Field(0.3, gt=0, le=10)
+    sampler: PKSampling | None = Field(None, description="P x K identity batches (single process only); "
+                                       "default: shuffled batches of the stage's batch_size.")
+
+    @model_validator(mode="after")
+    def _something(self) -> EmbeddingLoss:
+        if self.head == "none" and self.triplet == 0:
+            msg = "head: none with triplet: 0 trains nothing; set triplet > 0 or choose a head"
+            raise ValueError(msg)
+        if self.head == "ce" and self.margin:
+            msg = "head: ce has no margin; use cosface or arcface for a margin"
+            raise ValueError(msg)
+        return self
+
+    def resolved_margin(self) -> float:
+        if self.margin is not None:
+            return self.margin
+        return {"cosface": 0.25, "arcface": 0.3}.get(self.head, 0.0)
+
+
+class EmbeddingConfig(Strict):
+    """``task: embedding``: where the embedding comes from, how it is compared, and how it trains."""
+
+    output: Literal["penultimate", "layer", "model"] = Field(
+        "penultimate", description="penultimate: drop the classifier's last Linear; layer: the output of "
+        "'layer' (pooled and flattened); model: the model already returns embeddings.")
+    layer: str | None = Field(None, min_length=1, description="Module name for output: layer, e.g. avgpool.")
+    dim: int | None = Field(None, ge=1, le=65536, description="Add a Linear projection to this many dimensions.")
+    normalize: bool = Field(True, description="L2-normalise inside the model, so exported files output unit vectors.")
+    distance: Literal["cosine", "euclidean"] = "cosine"
+    metric: Literal["rank1", "map"] = Field("rank1", description="Score that picks the best epoch and that "
+                                            "accuracy control and the report's budget use.")
+    query_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each val identity's images used as queries.")
+    split_seed: int | None = Field(None, ge=0, description="Seed of the query/gallery split (default: the recipe's).")
+    loss: EmbeddingLoss = EmbeddingLoss()
+
+    @model_validator(mode="after")
+    def _layer(self) -> EmbeddingConfig:
+        if (self.output == "layer") != (self.layer is not None):
+            msg = "output: layer needs 'layer' (a module name), and 'layer' is only used with output: layer"
+            raise ValueError(msg)
+        return self

@@ -147,6 +147,36 @@ def _stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+class PKBatchSampler:
+    """Batches of ``p`` identities x ``k`` images each (seeded), so every anchor has positives and negatives.
+
+    An epoch has ``len(labels) // (p * k)`` batches (at least one). Identities are drawn without
+    replacement within a batch when there are at least ``p`` of them; an identity with fewer than
+    ``k`` images repeats some.
+    """
+
+    def __init__(self, labels: np.ndarray, p: int, k: int, seed: int):
+        self.labels = np.asarray(labels)
+        self.p, self.k, self.seed = p, k, seed
+        self.identities = np.unique(self.labels)
+
+    def __len__(self) -> int:
+        return max(1, len(self.labels) // (self.p * self.k))
+
+    def __iter__(self) -> Any:
+        rng = np.random.default_rng(self.seed)
+        pools = {int(i): list(rng.permutation(np.flatnonzero(self.labels == i))) for i in self.identities}
+        cursor = dict.fromkeys(pools, 0)
+        for _ in range(len(self)):
+            ids = rng.choice(self.identities, self.p, replace=len(self.identities) < self.p)
+            batch: list[int] = []
+            for identity in ids:
+                pool, start = pools[int(identity)], cursor[int(identity)]
+                batch += [int(pool[(start + j) % len(pool)]) for j in range(self.k)]
+                cursor[int(identity)] = (start + self.k) % len(pool)
+            yield batch
+
+
 @dataclass
 class DataModule:
     """The data of one run: splits, class names, what was skipped, and loaders."""
@@ -165,8 +195,14 @@ class DataModule:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.config.preprocess.channels, self.input_size, self.input_size)
 
-    def train_loader(self, batch_size: int | None = None, epoch: int = 0, sampler: Any = None) -> DataLoader:
+    def train_loader(self, batch_size: int | None = None, epoch: int = 0, sampler: Any = None,
+                     pk: tuple[int, int] | None = None) -> DataLoader:
+        """Shuffled training batches; ``pk`` = (P, K) gives P identities x K images per batch instead."""
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        if pk is not None:
+            labels = self.train.labels.numpy()  # type: ignore[attr-defined]
+            return DataLoader(self.train, batch_sampler=PKBatchSampler(labels, pk[0], pk[1], self.seed * 1000 + epoch),
+                              num_workers=self.config.workers)
         return DataLoader(
             self.train, batch_size=batch_size or self.config.batch_size, shuffle=sampler is None,
             sampler=sampler, generator=generator, num_workers=self.config.workers, drop_last=False,
@@ -234,7 +270,10 @@ def _fashion_mnist(cfg: DataConfig, seed: int) -> DataModule:
     )
 
 
-def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[Path, int]]]:
+def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[str, str]],
+                open_set: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (file, label) pairs of one split. ``open_set`` (embedding models) accepts validation
+    identities the training split lacks: they get labels after the training classes."""
     folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         msg = f"{split_dir} has no class folders; expected {split_dir}/<class>/<image files>"
@@ -244,10 +283,13 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
         classes = names
     else:
         extra = [n for n in names if n not in classes]
-        if extra:
+        if extra and not open_set:
             msg = (f"{split_dir} has class folder(s) {', '.join(extra)} that the training split "
                    f"{split_dir.parent / 'train'} does not have; the model cannot predict them")
             raise DataError(msg)
+    index = {name: i for i, name in enumerate(classes)}
+    for name in names:
+        index.setdefault(name, len(index))
     samples: list[tuple[Path, int]] = []
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -255,7 +297,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
         for path in files:
             reason = _decodes(path)
             if reason is None:
-                samples.append((path, classes.index(folder.name)))
+                samples.append((path, index[folder.name]))
                 good += 1
             else:
                 skipped.append({"file": str(path), "reason": reason})
@@ -265,7 +307,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[s
     return classes, samples
 
 
-def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
+def _image_folder(cfg: DataConfig, seed: int, open_set: bool = False) -> DataModule:
     assert cfg.path is not None
     root = cfg.path
     if not root.is_dir():
@@ -285,7 +327,7 @@ def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
     classes, train_samples = _scan_split(train_dir, None, skipped)
     labels = np.asarray([label for _, label in train_samples])
     if (root / "val").is_dir():
-        _, val_samples = _scan_split(root / "val", classes, skipped)
+        _, val_samples = _scan_split(root / "val", classes, skipped, open_set)
     else:
         tr_idx, va_idx = _stratified_split(labels, cfg.val_fraction, rng)
         val_samples = [train_samples[i] for i in va_idx]
@@ -305,8 +347,12 @@ def _image_folder(cfg: DataConfig, seed: int) -> DataModule:
     )
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataModule:
-    """Build the data module a recipe describes; errors name the path at fault."""
+def load_data(cfg: DataConfig, seed: int, open_set: bool = False) -> DataModule:
+    """Build the data module a recipe describes; errors name the path at fault.
+
+    ``open_set`` (embedding recipes): an ImageFolder's val/ may hold identities train/ lacks (labelled
+    after the training classes); retrieval needs no classifier over them.
+    """
     if cfg.source == "fashion-mnist":
         return _fashion_mnist(cfg, seed)
-    return _image_folder(cfg, seed)
+    return _image_folder(cfg, seed, open_set)

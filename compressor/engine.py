@@ -157,7 +157,7 @@ class Engine:
     # -- data ---------------------------------------------------------------------------------
     def data(self) -> DataModule:
         if self._data is None:
-            self._data = load_data(self.recipe.data, self.recipe.seed)
+            self._data = load_data(self.recipe.data, self.recipe.seed, open_set=self.recipe.task == "embedding")
             if self._data.skipped:
                 first = self._data.skipped[0]
                 self.log(f"data: skipped {len(self._data.skipped)} undecodable image(s), first {first['file']} "
@@ -212,6 +212,11 @@ class Engine:
         if src.checkpoint is not None:
             load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
         meta = model_meta(src, self._classes(), self._in_channels())
+        if self.recipe.task == "embedding":
+            from compressor.embedding import embedding_net, embedding_spec
+
+            meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
+            model = embedding_net(model, meta["embedding"])
         return StageOutput(save_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
 
     # -- running ------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ class GateBase(Strict):
         return getattr(self, "versus", None) or teacher
 
 
+Accuracy = Literal["top1", "top5", "rank1", "rank5", "map"]
+
+
 class Versus(GateBase):
     """A gate that compares each artifact with a reference artifact measured in the same benchmark stage."""
 
@@ -54,9 +57,11 @@ class Versus(GateBase):
 
 
 class MaxTop1Drop(Versus):
-    """Top-1 may drop at most ``max_drop`` points below the teacher, or keep ``min_retained_pct`` of it."""
+    """Top-1 (or ``metric``) may drop at most ``max_drop`` points below the reference, or keep
+    ``min_retained_pct`` of it."""
 
     type: Literal["max_top1_drop"]
+    metric: Accuracy = Field("top1", description="Accuracy compared: top1, or rank1 / map for embedding models.")
     max_drop: float | None = Field(None, ge=0, le=100, description="Largest drop versus the teacher, in top-1 points.")
     min_retained_pct: float | None = Field(
         None, gt=0, le=100, description="Top-1 must be at least this percent of the teacher's (MLPerf edge: 99).")
@@ -71,7 +76,7 @@ class MaxTop1Drop(Versus):
 
 class MinAccuracy(GateBase):
     type: Literal["min_accuracy"]
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Accuracy = Field("top1", description="top1 / top5, or rank1 / rank5 / map for embedding models.")
     min: float = Field(ge=0, le=100, description="Lowest accepted accuracy, percent.")
 
 
@@ -302,6 +307,12 @@ class _Evaluator:
             self.add(gate, artifact, "files", f"<= {gate.max_mb:g} MB", f"{size / MB:.3f} MB", size <= gate.max_mb * MB)
 
     def check(self, gate: GateBase, artifact: str, row: dict[str, Any]) -> None:
+        metric = getattr(gate, "metric", None)
+        if metric is not None and row.get(metric) is None:
+            have = [k for k in ("top1", "top5", "rank1", "rank5", "map") if row.get(k) is not None]
+            self.add(gate, artifact, _where(row, False), f"{metric}", "not measured", False,
+                     f"the row has no {metric}; it has {', '.join(have) or 'no accuracy'} (set the gate's metric)")
+            return
         if isinstance(gate, MinAccuracy):
             value = float(row[gate.metric])
             self.add(gate, artifact, _where(row, False), f"{gate.metric} >= {gate.min:g}%", f"{value:.2f}%",
@@ -334,11 +345,17 @@ class _Evaluator:
             threshold = f"drop <= {gate.max_drop:g} pt vs {ref}"
         else:
             threshold = f">= {gate.min_retained_pct:g}% of {ref}"
+        if gate.metric != "top1":
+            threshold = f"{gate.metric} {threshold}"
         if teacher is None:
             self.add(gate, artifact, _where(row, False), threshold, "no reference row", False,
                      f"reference {ref} has no row in {row.get('bench')}")
             return
-        mine, theirs = float(row["top1"]), float(teacher["top1"])
+        if teacher.get(gate.metric) is None:
+            self.add(gate, artifact, _where(row, False), threshold, "no reference value", False,
+                     f"reference {ref} row has no {gate.metric}")
+            return
+        mine, theirs = float(row[gate.metric]), float(teacher[gate.metric])
         elsewhere = f" (teacher on {row_target(teacher)})" if row_target(teacher) != row_target(row) else ""
         if gate.max_drop is not None:
             drop = theirs - mine

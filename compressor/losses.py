@@ -60,3 +60,35 @@ def hint_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> t
         student_feature = F.interpolate(student_feature, size=teacher_feature.shape[-2:], mode="bilinear",
                                         align_corners=False)
     return F.mse_loss(student_feature, teacher_feature)
+
+
+def triplet_batch_hard(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017): per anchor, its farthest positive and nearest negative
+    in the batch (Euclidean); mean of ``relu(d_ap - d_an + margin)`` over anchors that have both."""
+    squared = (emb**2).sum(1)
+    dist = (squared[:, None] + squared[None, :] - 2 * emb @ emb.T).clamp_min(1e-12).sqrt()
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    positive, negative = same & ~eye, ~same
+    hardest_pos = torch.where(positive, dist, torch.zeros_like(dist)).amax(1)
+    hardest_neg = torch.where(negative, dist, torch.full_like(dist, float("inf"))).amin(1)
+    valid = positive.any(1) & negative.any(1)
+    if not valid.any():
+        return emb.sum() * 0.0
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+
+def embedding_distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Match the teacher's embeddings: ``1 - cos`` (mean) or mean squared error."""
+    teacher = teacher.detach().float()
+    student = student.float()
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Match the batch's pairwise cosine-similarity matrix (relational KD); works across embedding sizes."""
+    s = F.normalize(student.float(), dim=1)
+    t = F.normalize(teacher.detach().float(), dim=1)
+    return F.mse_loss(s @ s.T, t @ t.T)

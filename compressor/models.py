@@ -227,6 +227,10 @@ def build_from_meta(meta: dict[str, Any]) -> nn.Module:
     """Rebuild the architecture a model artifact describes (weights not loaded)."""
     source = ModelSource.model_validate(meta["spec"])
     model = build_model(source, meta["num_classes"], meta["in_channels"])
+    if meta.get("embedding"):  # structure names are those of the embedding net, so wrap first
+        from compressor.embedding import embedding_net
+
+        model = embedding_net(model, meta["embedding"])
     if meta.get("structure"):
         apply_structure(model, meta["structure"])
     return model

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from compressor.card import CardConfig
-from compressor.config import DataConfig, ModelSource, StageConfig, Strict
+from compressor.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
 from compressor.errors import Problem, RecipeError, did_you_mean
 from compressor.gates import GATE_TYPES, GateSet, reference_problems
 from compressor.registry import STAGES, StageEntry
@@ -23,7 +23,9 @@ class RecipeSettings(Strict):
     """Global settings of a recipe (everything except ``stages``)."""
 
     name: str = Field("recipe", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "embedding"] = Field(
+        "classification", description="embedding: the model outputs embeddings judged by retrieval (rank-1, mAP).")
+    embedding: EmbeddingConfig | None = Field(None, description="Options of task: embedding (defaults apply).")
     seed: int = Field(0, ge=0)
     output: Path | None = Field(None, description="Run folder. Default: runs/<name>.")
     cache_dir: Path | None = Field(None, description="Stage cache. Default: <output>/cache.")
@@ -43,6 +45,15 @@ class RecipeSettings(Strict):
             msg = "must be a list of stages, each a mapping with 'name' and 'type'"
             raise ValueError(msg)
         return value
+
+    @model_validator(mode="after")
+    def _embedding_options(self) -> RecipeSettings:
+        if self.embedding is not None and self.task != "embedding":
+            msg = "embedding options need task: embedding (or remove the embedding section)"
+            raise ValueError(msg)
+        if self.task == "embedding" and self.embedding is None:
+            object.__setattr__(self, "embedding", EmbeddingConfig())
+        return self
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ _ENTRIES: tuple[StageEntry, ...] = (
     ),
     StageEntry(
         type="evaluate", config=evaluate.EvaluateConfig, run=evaluate.run_evaluate,
-        summary="Top-1, top-5 and the confusion matrix of a PyTorch model on the validation split.",
+        summary="Top-1, top-5 and the confusion matrix (or rank-1, rank-5, mAP for embeddings) of a PyTorch model on the validation split.",
         accepts=("model",), produces="passthrough",
     ),
     StageEntry(

@@ -90,14 +90,19 @@ def accuracy_checks(recipe: Recipe, rows: list[dict[str, Any]], shipped: list[st
     """What verify re-runs: one check per shipped artifact and backend, on the slice the benchmark used."""
     from compressor.data import load_data
 
+    # classifiers re-check top-1; embedding models the recipe's retrieval metric (rank1 or map)
+    metric = recipe.embedding.metric if recipe.task == "embedding" and recipe.embedding is not None else "top1"
     checks: dict[tuple[str, str, int], dict[str, Any]] = {}
     for row in rows:
-        if row["stage"] in shipped and row.get("status") == "ok" and row.get("top1") is not None:
+        if row["stage"] in shipped and row.get("status") == "ok" and row.get(metric) is not None:
             key = (row["stage"], row["backend"], int(row["accuracy_images"]))
-            checks.setdefault(key, {"stage": row["stage"], "backend": row["backend"], "images": key[2],
-                                    "top1": row["top1"], "bench": row["bench"]})
+            check = {"stage": row["stage"], "backend": row["backend"], "images": key[2], metric: row[metric],
+                     "bench": row["bench"]}
+            if metric != "top1":
+                check["metric"] = metric
+            checks.setdefault(key, check)
     if checks:
-        data = load_data(recipe.data, recipe.seed)
+        data = load_data(recipe.data, recipe.seed, open_set=recipe.task == "embedding")
         for check in checks.values():
             images, labels = data.val_arrays(check["images"])
             check["images"] = int(len(labels))

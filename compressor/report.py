@@ -31,9 +31,12 @@ def _headline(stage: dict[str, Any]) -> str:
     m = stage.get("metrics") or {}
     parts = []
     for key, label in (("val_top1", "val top-1"), ("top1", "top-1"), ("top5", "top-5"),
-                       ("top1_agreement", "agreement %"), ("max_abs_error", "max abs err")):
+                       ("val_rank1", "val rank-1"), ("val_map", "val mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"),
+                       ("map", "mAP"), ("int8_rank1", "INT8 rank-1"), ("int8_map", "INT8 mAP"),
+                       ("top1_agreement", "agreement %"), ("mean_cosine", "mean cosine"),
+                       ("max_abs_error", "max abs err")):
         if isinstance(m.get(key), int | float):
-            parts.append(f"{label} {m[key]:.4g}" if key == "max_abs_error" else f"{label} {m[key]:.2f}")
+            parts.append(f"{label} {m[key]:.4g}" if key in ("max_abs_error", "mean_cosine") else f"{label} {m[key]:.2f}")
     meta = stage.get("artifact", {}).get("meta", {})
     if stage.get("artifact", {}).get("kind") == "model" and meta.get("macs"):
         parts.append(f"MACs {_fmt_int(meta['macs'])}, params {_fmt_int(meta.get('params'))}")

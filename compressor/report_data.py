@@ -28,6 +28,7 @@ class RunData:
     budget: float = 1.0
     teacher: str | None = None
     environment: dict[str, Any] | None = None
+    metric: str | None = None  # the accuracy the answer ranks by (embedding recipes: rank1 or map)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -56,7 +57,9 @@ def load_run(folder: Path) -> RunData:
             cfg = stage_cfgs.get(st["name"], {})
             budget = float(cfg.get("accuracy_budget", budget))
             teacher = cfg.get("teacher") or teacher
-        return RunData(folder, rows, targets, manifest, budget, teacher, manifest.get("environment"))
+        recipe = manifest.get("recipe") or {}
+        metric = (recipe.get("embedding") or {}).get("metric") if recipe.get("task") == "embedding" else None
+        return RunData(folder, rows, targets, manifest, budget, teacher, manifest.get("environment"), metric)
     results_path = folder / "results.json"
     if results_path.is_file():
         doc = _read_json(results_path, "rerun 'compressor bench' to rewrite it")
@@ -92,13 +95,22 @@ def teacher_stage(run: RunData) -> str | None:
     return models[0] if models else None
 
 
+def accuracy_key(rows: list[dict[str, Any]]) -> str:
+    """The accuracy the rows report: top1 for classifiers, rank1 (or map) for embedding models."""
+    for key in ("top1", "rank1", "map"):
+        if any(r.get(key) is not None for r in rows):
+            return key
+    return "top1"
+
+
 def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
     """Per native target: the fastest row within the accuracy budget, its speed-up and accuracy loss."""
     budget = run.budget if budget is None else budget
     teacher = teacher_stage(run)
     rows = ok_latency_rows(run.rows)
-    teacher_rows = [r for r in rows if r["stage"] == teacher and r.get("top1") is not None]
-    teacher_top1 = teacher_rows[0]["top1"] if teacher_rows else None
+    key = run.metric or accuracy_key(rows)
+    teacher_rows = [r for r in rows if r["stage"] == teacher and r.get(key) is not None]
+    teacher_top1 = teacher_rows[0][key] if teacher_rows else None
     per_target: dict[str, dict[str, Any]] = {}
     for target in dict.fromkeys(r.get("target", "local") for r in rows):
         mine = [r for r in rows if r.get("target", "local") == target]
@@ -106,11 +118,11 @@ def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
             per_target[target] = {"emulated": True}
             continue
         ref = next((r for r in mine if r["stage"] == teacher), None)
-        top1_ref = ref["top1"] if ref and ref.get("top1") is not None else teacher_top1
+        top1_ref = ref[key] if ref and ref.get(key) is not None else teacher_top1
         if top1_ref is None:
             keep = mine
         else:
-            keep = [r for r in mine if r.get("top1") is not None and r["top1"] >= top1_ref - budget]
+            keep = [r for r in mine if r.get(key) is not None and r[key] >= top1_ref - budget]
         if not keep:
             per_target[target] = {"none": True, "teacher_top1": top1_ref}
             continue
@@ -119,10 +131,10 @@ def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
         if ref is not None and best["median_ms"]:
             entry["speedup"] = round(ref["median_ms"] / best["median_ms"], 2)
             entry["teacher_ms"] = ref["median_ms"]
-        if top1_ref is not None and best.get("top1") is not None:
-            entry["loss_pt"] = round(top1_ref - best["top1"], 2)
+        if top1_ref is not None and best.get(key) is not None:
+            entry["loss_pt"] = round(top1_ref - best[key], 2)
         per_target[target] = entry
-    return {"budget": budget, "teacher": teacher, "targets": per_target}
+    return {"budget": budget, "teacher": teacher, "targets": per_target, "metric": key}
 
 
 def _what(row: dict[str, Any]) -> str:
@@ -132,6 +144,8 @@ def _what(row: dict[str, Any]) -> str:
 def answer_lines(ans: dict[str, Any]) -> list[str]:
     """The three lines a report opens with."""
     fastest, speed, loss = [], [], []
+    key = ans.get("metric", "top1")
+    label = {"top1": "top-1", "rank1": "rank-1", "map": "mAP"}.get(key, key)
     for target, e in ans["targets"].items():
         if e.get("emulated"):
             fastest.append(f"{target}: emulated, latency not ranked")
@@ -143,11 +157,11 @@ def answer_lines(ans: dict[str, Any]) -> list[str]:
         fastest.append(f"{target}: {_what(r)} at {r['median_ms']:.3f} ms")
         speed.append(f"{target} {e['speedup']:.2f}x ({e['teacher_ms']:.3f} → {r['median_ms']:.3f} ms)"
                      if "speedup" in e else f"{target}: teacher not measured there")
-        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r['top1']:.2f})"
+        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r[key]:.2f})"
                     if "loss_pt" in e else f"{target}: no accuracy measured")
     teacher = ans["teacher"] or "none found"
     return [
-        f"1. **Fastest within the accuracy budget** (top-1 at most {ans['budget']:g} pt below teacher "
+        f"1. **Fastest within the accuracy budget** ({label} at most {ans['budget']:g} pt below teacher "
         f"`{teacher}`): " + ("; ".join(fastest) or "no measured rows"),
         "2. **Speed-up over the teacher:** " + ("; ".join(speed) or "-"),
         "3. **Accuracy loss:** " + ("; ".join(loss) or "-"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import MissingExtraError
-from compressor.report_data import ok_latency_rows, row_key
+from compressor.report_data import accuracy_key, ok_latency_rows, row_key
 
 
 def _pyplot() -> Any:
@@ -56,23 +56,24 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
 
 def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, path: Path) -> Path | None:
     plt = _pyplot()
-    cur = [r for r in ok_latency_rows(rows) if r.get("top1") is not None]
+    key = accuracy_key(rows)
+    cur = [r for r in ok_latency_rows(rows) if r.get(key) is not None]
     if not cur:
         return None
-    base = {row_key(r): r for r in ok_latency_rows(baseline or []) if r.get("top1") is not None}
+    base = {row_key(r): r for r in ok_latency_rows(baseline or []) if r.get(key) is not None}
     targets = _targets(cur)
     fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.8), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
         mine = [r for r in cur if r.get("target", "local") == target]
-        pts = [(r["median_ms"], r["top1"]) for r in mine]
+        pts = [(r["median_ms"], r[key]) for r in mine]
         front = pareto(pts)
         for i, r in enumerate(mine):
             ax.scatter(*pts[i], s=60, zorder=3, color="tab:red" if i in front else "tab:blue")
             ax.annotate(_label(r), pts[i], textcoords="offset points", xytext=(5, 5), fontsize=8)
             b = base.get(row_key(r))
             if b is not None:
-                ax.scatter(b["median_ms"], b["top1"], s=60, facecolors="none", edgecolors="grey", zorder=2)
-                ax.annotate("", pts[i], (b["median_ms"], b["top1"]),
+                ax.scatter(b["median_ms"], b[key], s=60, facecolors="none", edgecolors="grey", zorder=2)
+                ax.annotate("", pts[i], (b["median_ms"], b[key]),
                             arrowprops={"arrowstyle": "->", "color": "grey"})
         fx = [pts[i] for i in front]
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "--", color="tab:red", label="Pareto front")
@@ -81,7 +82,7 @@ def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any
         emulated = any(r.get("emulated") for r in mine)
         _log_x(ax, [p[0] for p in pts] + [b["median_ms"] for b in base.values() if b.get("target") == target])
         ax.set_xlabel("median latency, ms" + (" — EMULATED, not comparable" if emulated else ""))
-        ax.set_ylabel("top-1 %")
+        ax.set_ylabel({"top1": "top-1", "rank1": "rank-1", "map": "mAP"}[key] + " %")
         batch = mine[0]["batch"]
         ax.set_title(f"{target}{' (emulated)' if emulated else ''}: batch {batch}, latency mode")
         ax.grid(alpha=0.3)

@@ -34,8 +34,13 @@ def set_stem_stride(model: nn.Module, stride: int) -> None:
 
 
 def build_student(source: ModelSource, num_classes: int, in_channels: int, stem_stride: int | None,
-                  seed: int) -> tuple[nn.Module, dict[str, Any]]:
-    """An untrained (or ``source.checkpoint``-initialised) student and the metadata that rebuilds it."""
+                  seed: int, embedding: Any = None, input_shape: tuple[int, ...] | None = None,
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """An untrained (or ``source.checkpoint``-initialised) student and the metadata that rebuilds it.
+
+    With ``embedding`` (an :class:`~compressor.config.EmbeddingConfig`) the student is wrapped as an
+    embedding net (``input_shape`` sizes its projection), and its structure is recorded on the wrapper.
+    """
     classes = source.num_classes or num_classes
     channels = source.in_channels or in_channels
     torch.manual_seed(seed)
@@ -45,7 +50,17 @@ def build_student(source: ModelSource, num_classes: int, in_channels: int, stem_
     if source.checkpoint is not None:
         load_state(model, read_state_dict(source.checkpoint), str(source.checkpoint))
     reference = build_model(source, classes, channels)
-    return model, model_meta(source, classes, channels, structure_of(model, reference))
+    spec = None
+    if embedding is not None:
+        from compressor.embedding import embedding_net, embedding_spec
+
+        assert input_shape is not None
+        spec = embedding_spec(embedding, model, input_shape)
+        model, reference = embedding_net(model, spec), embedding_net(reference, spec)
+    meta = model_meta(source, classes, channels, structure_of(model, reference))
+    if spec is not None:
+        meta["embedding"] = spec
+    return model, meta
 
 
 class FeatureTap:

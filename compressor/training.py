@@ -28,6 +28,7 @@ from compressor.artifacts import atomic_write
 from compressor.config import Strict
 from compressor.context import StageContext
 from compressor.distributed import all_reduce_sum
+from compressor.errors import CompressorError
 from compressor.metrics import predict
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,10 +52,13 @@ class TrainOptions(Strict):
 
 @dataclass
 class FitResult:
+    """``best_top1`` holds the task's primary metric (``metric``: top1, or rank1 / map for embeddings)."""
+
     best_top1: float
     epochs_run: int
     resumed_from_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
+    metric: str = "top1"
 
 
 def _optimizer(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
@@ -74,15 +78,40 @@ def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def val_top1(model: nn.Module, ctx: StageContext) -> float:
-    """Top-1 (%) on the validation split; under torchrun each rank scores a slice and counts are summed."""
+def val_score(model: nn.Module, ctx: StageContext) -> float:
+    """The task's primary metric (%) on the validation split: top-1, or rank-1 / mAP for embeddings.
+
+    Classification under torchrun: each rank scores a slice and counts are summed. Retrieval ranks
+    every query against the whole gallery, so each rank scores the whole split (the same result).
+    """
+    from compressor.evaluation import task_of
+
+    task = task_of(ctx)
     images, labels = ctx.data.val_arrays()
+    if task.is_embedding:
+        return round(task.value(predict(model, images, ctx.device), labels), 3)
     dist = ctx.dist
     if dist.enabled:
         images, labels = images[dist.rank :: dist.world_size], labels[dist.rank :: dist.world_size]
     correct = float((predict(model, images, ctx.device).argmax(1) == labels).sum()) if len(labels) else 0.0
     correct, count = all_reduce_sum(dist, [correct, float(len(labels))], ctx.device)
     return round(correct / max(count, 1.0) * 100, 3)
+
+
+val_top1 = val_score  # the name stages have always used; it follows the task
+
+
+def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Module]:
+    """The recipe's embedding objective for ``model``: the loss and the head module (train-only) it uses."""
+    from compressor.embedding import objective_for
+
+    emb = ctx.recipe.embedding
+    objective = objective_for(emb, model, len(ctx.data.classes), ctx.data.input_shape, ctx.device)
+
+    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return objective(m(x), y)
+
+    return loss, objective
 
 
 class _Joint(nn.Module):
@@ -135,9 +164,16 @@ def fit(
         extra: further trainable modules (e.g. distillation adapters), optimised and checkpointed too.
         desc: label for progress bars and checkpoint files (one stage may call fit several times).
     """
+    from compressor.evaluation import task_of
+
     torch.manual_seed(ctx.seed)
     device = ctx.device
     model.to(device)
+    task = task_of(ctx)
+    if loss_fn is None and task.is_embedding:
+        # the identity head trains with the model but stays out of it (and out of the saved artifact)
+        loss_fn, head = embedding_loss(model, ctx)
+        extra = head if extra is None else nn.ModuleList([extra, head])
     if extra is not None:
         extra.to(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
@@ -155,8 +191,15 @@ def fit(
         batch_size = max(1, batch_size // dist.world_size)
         sampler = DistributedSampler(ctx.data.train, num_replicas=dist.world_size, rank=dist.rank,  # type: ignore[arg-type]
                                      shuffle=True, seed=ctx.seed, drop_last=False)
+    pk = None
+    if task.is_embedding and ctx.recipe.embedding.loss.sampler is not None:
+        if dist.enabled:
+            msg = ("embedding.loss.sampler (P x K batches) runs in one process; remove it for torchrun "
+                   "(shuffled shards are used instead)")
+            raise CompressorError(msg)
+        pk = (ctx.recipe.embedding.loss.sampler.identities, ctx.recipe.embedding.loss.sampler.images)
     trained = _wrap_ddp(model, extra, ctx) if dist.enabled else model
-    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler))
+    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler, pk=pk))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
     )
@@ -193,7 +236,7 @@ def fit(
             extra.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler)
+        loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
         losses = []
         for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -210,10 +253,10 @@ def fit(
             scheduler.step()
             losses.append(loss.item())
         _sync_buffers(model, ctx)
-        top1 = val_top1(model, ctx)
+        top1 = val_score(model, ctx)
         loss_sum, loss_count = all_reduce_sum(dist, [float(np.sum(losses)), float(len(losses))], device)
         mean_loss = loss_sum / max(loss_count, 1.0)
-        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), "val_top1": top1})
+        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), f"val_{task.primary}": top1})
         if top1 > best_top1:
             best_top1, bad_epochs = top1, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -232,11 +275,12 @@ def fit(
 
         if dist.is_main:
             atomic_write(ckpt_path, save)
-        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val top-1 {top1:.2f}")
+        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val {task.label} {top1:.2f}")
         if opts.early_stop_patience is not None and bad_epochs >= opts.early_stop_patience:
             ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({bad_epochs} epochs without improvement)")
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history)
+    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
+                     metric=task.primary)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import ExportError
-from compressor.metrics import agreement
+from compressor.evaluation import CLASSIFICATION, Task
 
 
 def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
@@ -27,11 +27,20 @@ def run_batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 def check_agreement(
     fmt: str, precision: str, candidate: np.ndarray, reference: np.ndarray, min_agreement: float,
+    task: Task = CLASSIFICATION,
 ) -> dict[str, Any]:
-    """Agreement metrics; raises :class:`ExportError` naming format and figures below ``min_agreement``."""
-    result = agreement(candidate, reference)
+    """Agreement metrics; raises :class:`ExportError` naming format and figures below ``min_agreement``.
+
+    Classification compares top-1 predictions; embeddings compare by mean cosine similarity x 100.
+    """
+    result = task.agreement(candidate, reference)
     result["verify_images"] = int(len(reference))
-    if result["top1_agreement"] < min_agreement:
+    if task.is_embedding and result["agreement"] < min_agreement:
+        msg = (f"{fmt} {precision} embedding artifact has mean cosine similarity {result['mean_cosine']:.4f} "
+               f"(x 100 = {result['agreement']:.2f}) with PyTorch on {len(reference)} validation images "
+               f"(min {result['min_cosine']:.4f}); the stage requires {min_agreement} (option min_agreement)")
+        raise ExportError(msg)
+    if not task.is_embedding and result["top1_agreement"] < min_agreement:
         msg = (f"{fmt} {precision} artifact agrees with PyTorch on only {result['top1_agreement']:.2f}% of "
                f"{len(reference)} validation images (max abs logit error {result['max_abs_error']:.4g}); "
                f"the stage requires {min_agreement}% (option min_agreement)")
@@ -44,7 +53,7 @@ DEFAULT_MIN_AGREEMENT = {"fp32": 99.9, "fp16": 99.0}
 
 def verify_artifact(backend: str, path: Any, meta: dict[str, Any], reference: np.ndarray, images: np.ndarray,
                     min_agreement: float | None, threads: int, settings: dict[str, Any] | None = None,
-                    ) -> dict[str, Any]:
+                    task: Task = CLASSIFICATION) -> dict[str, Any]:
     """Run an exported file on ``backend`` over ``images`` and check it against PyTorch's ``reference`` logits.
 
     ``min_agreement`` None takes the precision's default (99.9% for fp32, 99% for fp16). The metrics
@@ -56,7 +65,7 @@ def verify_artifact(backend: str, path: Any, meta: dict[str, Any], reference: np
     threshold = min_agreement if min_agreement is not None else DEFAULT_MIN_AGREEMENT.get(precision, 99.0)
     session = get_backend(backend).load(path, meta, RuntimeOptions(threads=threads, settings=settings or {}))
     candidate = run_batched(session.run, images, session.batch_sizes())
-    result = check_agreement(fmt, precision, candidate, reference, threshold)
+    result = check_agreement(fmt, precision, candidate, reference, threshold, task)
     result["min_agreement"] = threshold
     result["verified_with"] = backend
     return result

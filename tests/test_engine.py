@@ -89,7 +89,7 @@ def test_stage_error_names_stage_and_keeps_artifacts(tiny_recipe: dict[str, Any]
     import compressor.stages.export_onnx as export_onnx
     from compressor.verify import check_agreement
 
-    def strict(fmt: str, precision: str, cand: Any, ref: Any, _min: float) -> Any:
+    def strict(fmt: str, precision: str, cand: Any, ref: Any, _min: float, *_task: Any) -> Any:
         return check_agreement(fmt, precision, cand[:, ::-1], ref, 99.9)
 
     monkeypatch.setattr(export_onnx, "check_agreement", strict)

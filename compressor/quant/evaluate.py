@@ -89,9 +89,17 @@ def logits(run: Runner, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([run(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
-def top1(run: Runner, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 in percent."""
-    return round(float((logits(run, images).argmax(1) == labels).mean()) * 100, 3)
+# outputs (logits or embeddings), labels -> the task's primary metric in percent
+Scorer = Callable[[np.ndarray, np.ndarray], float]
+
+
+def top1_score(outputs: np.ndarray, labels: np.ndarray) -> float:
+    return round(float((outputs.argmax(1) == labels).mean()) * 100, 3)
+
+
+def top1(run: Runner, images: np.ndarray, labels: np.ndarray, scorer: Scorer | None = None) -> float:
+    """Top-1 in percent, or the task's primary metric when ``scorer`` is given (rank-1 / mAP for embeddings)."""
+    return round((scorer or top1_score)(logits(run, images), labels), 3)
 
 
 def latency_ms(run: Runner, sample: np.ndarray, warmup: int = 10, min_iters: int = 30,

@@ -106,8 +106,10 @@ def quantize_onnx_nncf(src: Path, dst: Path, calib: np.ndarray, nncf_kwargs: dic
 
 
 def quantize_onnx_nncf_ac(src: Path, dst: Path, calib: np.ndarray, val: tuple[np.ndarray, np.ndarray],
-                          max_drop_pt: float, nncf_kwargs: dict[str, Any], threads: int) -> None:
-    """``nncf.quantize_with_accuracy_control`` on the ONNX graph; accuracy is top-1 in ONNX Runtime."""
+                          max_drop_pt: float, nncf_kwargs: dict[str, Any], threads: int,
+                          scorer: Any = None) -> None:
+    """``nncf.quantize_with_accuracy_control`` on the ONNX graph; accuracy is top-1 (or ``scorer``'s
+    metric) in ONNX Runtime."""
     import nncf
     import onnx
 
@@ -118,7 +120,7 @@ def quantize_onnx_nncf_ac(src: Path, dst: Path, calib: np.ndarray, val: tuple[np
     images, labels = val
 
     def validate(candidate: onnx.ModelProto, _data: Any) -> float:
-        return top1(onnx_runner(candidate.SerializeToString(), threads), images, labels) / 100
+        return top1(onnx_runner(candidate.SerializeToString(), threads), images, labels, scorer) / 100
 
     quantized = nncf.quantize_with_accuracy_control(
         model, nncf.Dataset(list(calib[:, None]), lambda x: {name: x}),

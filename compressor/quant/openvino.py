@@ -49,8 +49,9 @@ def quantize_ov(model: Any, calib: np.ndarray, nncf_kwargs: dict[str, Any], excl
 
 
 def quantize_ov_ac(model: Any, calib: np.ndarray, val: tuple[np.ndarray, np.ndarray], max_drop_pt: float,
-                   nncf_kwargs: dict[str, Any], threads: int) -> Any:
-    """``nncf.quantize_with_accuracy_control``; accuracy is top-1 of the compiled model on CPU."""
+                   nncf_kwargs: dict[str, Any], threads: int, scorer: Any = None) -> Any:
+    """``nncf.quantize_with_accuracy_control``; accuracy is top-1 (or ``scorer``'s metric) of the compiled
+    model on CPU."""
     import nncf
 
     from compressor.quant.evaluate import openvino_runner, top1
@@ -58,7 +59,7 @@ def quantize_ov_ac(model: Any, calib: np.ndarray, val: tuple[np.ndarray, np.ndar
     images, labels = val
 
     def validate(compiled: Any, _data: Any) -> float:
-        return top1(openvino_runner(compiled, threads), images, labels) / 100
+        return top1(openvino_runner(compiled, threads), images, labels, scorer) / 100
 
     return nncf.quantize_with_accuracy_control(
         model, _dataset(calib), _dataset(images), validate, max_drop=max_drop_pt / 100,

@@ -23,7 +23,8 @@ class Plan(Protocol):
     def fp32_runner(self) -> evaluate.Runner: ...
     def quantize(self, exclude: Sequence[str]) -> Path: ...
     def runner(self, candidate: Path) -> evaluate.Runner: ...
-    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float) -> Path: ...
+    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
+                    scorer: evaluate.Scorer | None = None) -> Path: ...
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]: ...
     def fp32_size(self) -> int: ...
 
@@ -106,11 +107,12 @@ class OnnxPlan:
     def runner(self, candidate: Path) -> evaluate.Runner:
         return evaluate.onnx_runner(candidate, self.threads)
 
-    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float) -> Path:
+    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
+                    scorer: evaluate.Scorer | None = None) -> Path:
         from compressor.quant import onnxruntime as q
 
         dst = self.counter.next()
-        q.quantize_onnx_nncf_ac(self.src, dst, self.calib, val, max_drop, self.nncf_args, self.threads)
+        q.quantize_onnx_nncf_ac(self.src, dst, self.calib, val, max_drop, self.nncf_args, self.threads, scorer)
         return dst
 
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]:
@@ -158,12 +160,13 @@ class OpenVinoPlan:
     def runner(self, candidate: Path) -> evaluate.Runner:
         return evaluate.openvino_runner(candidate, self.threads, self.hint)
 
-    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float) -> Path:
+    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
+                    scorer: evaluate.Scorer | None = None) -> Path:
         from compressor.quant import openvino as q
 
         dst = self.counter.next()
         q.save_ov_model(q.quantize_ov_ac(self.model.clone(), self.calib, val, max_drop, self.nncf_args,
-                                         self.threads), dst)
+                                         self.threads, scorer), dst)
         return dst
 
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]:
@@ -218,7 +221,8 @@ class TflitePlan:
     def runner(self, candidate: Path) -> evaluate.Runner:
         return evaluate.tflite_runner(candidate, self.threads)
 
-    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float) -> Path:
+    def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
+                    scorer: evaluate.Scorer | None = None) -> Path:
         raise NotImplementedError
 
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]:

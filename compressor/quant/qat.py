@@ -103,6 +103,7 @@ def export_openvino(model: nn.Module, example: torch.Tensor, xml: Path) -> None:
 def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> Any:
     """The ``quantize`` stage in ``mode: qat``: NNCF fake-quant, fine-tune (optionally with KD), export."""
     from compressor.context import StageOutput
+    from compressor.evaluation import task_of
     from compressor.losses import kd_loss
     from compressor.quant import evaluate
     from compressor.quant.plans import nncf_kwargs
@@ -117,10 +118,27 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
                          cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
     teacher = _source_model(ctx)
     quantized = insert_fake_quant(_source_model(ctx), calib, kwargs)
-    ptq_top1 = evaluate.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels)
+    task = task_of(ctx)
+    scorer = task.value if task.is_embedding else None
+    ptq_top1 = evaluate.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
     opts = TrainOptions.model_validate(cfg.qat.model_dump(exclude={"distill", "temperature", "alpha"}))
     loss_fn = None
-    if cfg.qat.distill:
+    head = None
+    if cfg.qat.distill and task.is_embedding:
+        from compressor.losses import embedding_distill_loss
+        from compressor.training import embedding_loss
+
+        teacher.to(ctx.device).eval()
+        quantized.to(ctx.device)
+        _, head = embedding_loss(quantized, ctx)
+        objective = head
+
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            emb = model(x)
+            return (1 - cfg.qat.alpha) * objective(emb, y) + cfg.qat.alpha * embedding_distill_loss(emb, target)
+    elif cfg.qat.distill:
         teacher.to(ctx.device).eval()
 
         def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -128,7 +146,7 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
                 target = teacher(x)
             return kd_loss(model(x), target, y, cfg.qat.temperature, cfg.qat.alpha, opts.label_smoothing)
 
-    result = fit(quantized, ctx, opts, loss_fn=loss_fn, desc="qat")
+    result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat")
     quantized.cpu().eval()
     example = torch.from_numpy(calib[:1])
     folded: dict[str, int] = {}
@@ -144,14 +162,15 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
         run = evaluate.openvino_runner(path, ctx.threads, cfg.ov_hint)
     fp32_logits = evaluate.logits(lambda x: fp32(torch.from_numpy(x)).detach().numpy(), images)
     int8_logits = evaluate.logits(run, images)
-    fp32_top1 = round(float((fp32_logits.argmax(1) == labels).mean()) * 100, 3)
-    int8_top1 = round(float((int8_logits.argmax(1) == labels).mean()) * 100, 3)
+    fp32_top1 = round(task.value(fp32_logits, labels), 3)
+    int8_top1 = round(task.value(int8_logits, labels), 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
                 "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), **folded}
     metrics = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "int8_top1": int8_top1,
                "drop": round(fp32_top1 - int8_top1, 3), "qat_best_val_top1": result.best_top1,
                "qat_history": result.history, "eval_images": len(images), "settings": settings,
-               "top1_agreement": round(float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean()) * 100, 3),
+               "top1_agreement" if not task.is_embedding else "cosine_agreement_pct":
+                   round(task.agreement_value(task.agreement(int8_logits, fp32_logits)), 3),
                "size_bytes": sum((ctx.out_dir / f).stat().st_size for f in files.values())}
     if cfg.max_accuracy_drop is not None and metrics["drop"] > cfg.max_accuracy_drop:
         from compressor.errors import AccuracyGoalError

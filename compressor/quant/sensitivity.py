@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from compressor.artifacts import write_json, write_text
+from compressor.evaluation import CLASSIFICATION, Task
 from compressor.quant.evaluate import Runner, logits
 
 # excluded layer names -> a runner of the model quantized with those layers kept in float
@@ -17,7 +18,7 @@ QuantizeFn = Callable[[Sequence[str]], Runner]
 
 def layer_sensitivity(quantize: QuantizeFn, layers: Sequence[str], images: np.ndarray, labels: np.ndarray,
                       reference: np.ndarray, progress: Callable[[Any, str], Any] | None = None,
-                      ) -> list[dict[str, Any]]:
+                      task: Task = CLASSIFICATION) -> list[dict[str, Any]]:
     """One row per layer, most sensitive first.
 
     Each layer is quantized alone (every other layer kept float); the rows give the logits' mean
@@ -28,12 +29,14 @@ def layer_sensitivity(quantize: QuantizeFn, layers: Sequence[str], images: np.nd
     scale = float(np.mean(reference**2)) or 1.0
     for layer in items:
         out = logits(quantize([other for other in layers if other != layer]), images)
-        rows.append({
-            "layer": layer,
-            "relative_mse": round(float(np.mean((out - reference) ** 2)) / scale, 6),
-            "top1_agreement": round(float((out.argmax(1) == reference.argmax(1)).mean()) * 100, 3),
-            "top1": round(float((out.argmax(1) == labels).mean()) * 100, 3),
-        })
+        row: dict[str, Any] = {"layer": layer, "relative_mse": round(float(np.mean((out - reference) ** 2)) / scale, 6)}
+        if task.is_embedding:  # embeddings: cosine to FP32 and the retrieval metric instead of top-1
+            row["mean_cosine"] = task.agreement(out, reference)["mean_cosine"]
+            row[task.primary] = round(task.value(out, labels), 3)
+        else:
+            row["top1_agreement"] = round(float((out.argmax(1) == reference.argmax(1)).mean()) * 100, 3)
+            row["top1"] = round(float((out.argmax(1) == labels).mean()) * 100, 3)
+        rows.append(row)
     return sorted(rows, key=lambda r: -r["relative_mse"])
 
 
@@ -43,10 +46,17 @@ def write_report(out_dir: Path, rows: list[dict[str, Any]], context: dict[str, A
     lines = [
         f"# Per-layer INT8 sensitivity ({context.get('format')}, {context.get('engine')})", "",
         "Each layer quantized alone, every other layer in float; error against the FP32 logits on "
-        f"{context.get('images')} validation images. FP32 top-1 {context.get('fp32_top1')}.", "",
-        "| rank | layer | relative MSE | top-1 agreement % | top-1 % |", "|---:|---|---:|---:|---:|",
+        f"{context.get('images')} validation images. FP32 {context.get('metric', 'top-1')} "
+        f"{context.get('fp32_score', context.get('fp32_top1'))}.", "",
     ]
-    lines += [f"| {i + 1} | `{r['layer']}` | {r['relative_mse']:.6f} | {r['top1_agreement']:.2f} | {r['top1']:.2f} |"
-              for i, r in enumerate(rows)]
+    if rows and "mean_cosine" in rows[0]:
+        key = next(k for k in rows[0] if k not in ("layer", "relative_mse", "mean_cosine"))
+        lines += [f"| rank | layer | relative MSE | mean cosine to FP32 | {key} % |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {i + 1} | `{r['layer']}` | {r['relative_mse']:.6f} | {r['mean_cosine']:.4f} | {r[key]:.2f} |"
+                  for i, r in enumerate(rows)]
+    else:
+        lines += ["| rank | layer | relative MSE | top-1 agreement % | top-1 % |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {i + 1} | `{r['layer']}` | {r['relative_mse']:.6f} | {r['top1_agreement']:.2f} | {r['top1']:.2f} |"
+                  for i, r in enumerate(rows)]
     write_text(out_dir / "sensitivity.md", "\n".join(lines) + "\n")
     return {"sensitivity_json": "sensitivity.json", "sensitivity_md": "sensitivity.md"}

@@ -13,8 +13,8 @@ from compressor.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_b
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.errors import CompressorError
+from compressor.evaluation import task_of
 from compressor.measure import measure_latency
-from compressor.metrics import agreement, classification_metrics
 from compressor.models import load_model_artifact
 from compressor.targets import TargetConfig
 from compressor.verify import run_batched
@@ -73,7 +73,10 @@ def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo
 
 
 def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact, backend: str, batch: int,
-              images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict[str, Any]:
+              images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None,
+              teacher: np.ndarray | None = None) -> dict[str, Any]:
+    """One measured row. ``reference``: outputs of the artifact's own PyTorch model; ``teacher``: the
+    teacher's embeddings (embedding task: the row gets their mean cosine similarity, dimensions allowing)."""
     path: Path = art.path(ctx.cache_root)
     size = sum(p.stat().st_size for p in (ctx.cache_root / art.folder).iterdir()
                if p.name in art.files.values())
@@ -92,10 +95,12 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
             row.update(status="skipped", reason=f"file has a fixed batch of {fixed[0]}")
             return row
         logits = run_batched(session.run, images, fixed)
-        acc = classification_metrics(logits, labels, len(ctx.data.classes))
-        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"])
+        task = task_of(ctx)
+        row.update(task.row_metrics(logits, labels))
         if reference is not None:
-            row.update(agreement(logits, reference))
+            row.update(task.agreement(logits, reference))
+        if task.is_embedding and teacher is not None and teacher.shape[1:] == logits.shape[1:]:
+            row["teacher_cosine"] = task.agreement(logits, teacher)["mean_cosine"]
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
         stats = measure_latency(lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
                                 time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
@@ -108,7 +113,26 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     return row
 
 
+def _embedding_table(rows: list[dict[str, Any]]) -> str:
+    head = ("| target | stage | format | precision | backend | batch | size (KB) | rank-1 | rank-5 | mAP | "
+            "cos to source | cos to teacher | median ms | p90 ms | p99 ms | throughput (img/s) | status |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        def f(key: str, fmt: str = "{:.2f}", r: dict[str, Any] = r) -> str:
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        lines.append(
+            f"| {r.get('target', 'local')} | {r['stage']} | {r['format']} | {r['precision']} | {r['backend']} | "
+            f"{r.get('batch') or '-'} | {r['size_bytes'] / 1024:.0f} | {f('rank1')} | {f('rank5')} | {f('map')} | "
+            f"{f('mean_cosine', '{:.4f}')} | {f('teacher_cosine', '{:.4f}')} | {f('median_ms', '{:.3f}')} | "
+            f"{f('p90_ms', '{:.3f}')} | {f('p99_ms', '{:.3f}')} | {f('throughput_ips', '{:.1f}')} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results table; embedding rows (rank-1, mAP) get retrieval columns instead of top-1."""
+    if rows and any("rank1" in r for r in rows) and not any("top1" in r for r in rows):
+        return _embedding_table(rows)
     head = ("| target | stage | format | precision | backend | batch | device | mode | size (KB) | top-1 | "
             "agreement | median ms | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -139,6 +163,10 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
     if cfg.targets:
         from compressor.targets.stage_rows import run_on_targets
 
+        if task_of(ctx).is_embedding:
+            msg = ("benchmark targets return top-1 predictions, not embeddings: remove 'targets' from this "
+                   "benchmark of an embedding recipe (it then runs every artifact in this process)")
+            raise CompressorError(msg)
         return run_on_targets(cfg, ctx)
     artifacts = benchmark_inputs(cfg, ctx)
     images, labels = ctx.data.val_arrays(cfg.accuracy_images)
@@ -146,12 +174,21 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
     rows = []
     jobs = [(stage, art, backend, batch) for stage, art in artifacts for backend in _rows_for(art, cfg)
             for batch in cfg.batch_sizes]
+    task = task_of(ctx)
+    teacher = None
+    if task.is_embedding:
+        names = dict(artifacts)
+        teacher_stage = cfg.teacher or next((s for s, a in artifacts if a.kind == "model"), None)
+        if teacher_stage in names:
+            teacher = _reference_logits(ctx, names[teacher_stage], images, memo)
     for stage, art, backend, batch in ctx.progress(jobs, "benchmark", total=len(jobs)):
         reference = _reference_logits(ctx, art, images, memo)
-        row = bench_row(ctx, cfg, stage, art, backend, batch, images, labels, reference)
+        row = bench_row(ctx, cfg, stage, art, backend, batch, images, labels, reference, teacher)
         rows.append(row)
+        acc_key = task.primary if task.is_embedding else "top1"
         ctx.log(f"{ctx.name}: {stage} {row['format']}/{row['precision']} on {backend} b{batch}: "
-                + (f"top-1 {row['top1']:.2f}, median {row['median_ms']:.3f} ms" if row["status"] == "ok"
+                + (f"{task.label if task.is_embedding else 'top-1'} {row[acc_key]:.2f}, median "
+                   f"{row['median_ms']:.3f} ms" if row["status"] == "ok"
                    else f"{row['status']} ({row.get('reason')})"))
     write_json(ctx.out_dir / "results.json", {"rows": rows})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))

@@ -19,9 +19,10 @@ from torch import nn
 from compressor.config import ModelSource, StageConfig, Strict
 from compressor.context import StageContext, StageOutput, load_model, save_model
 from compressor.errors import CompressorError
-from compressor.losses import dkd_loss, hint_loss, kd_loss
+from compressor.evaluation import task_of
+from compressor.losses import dkd_loss, embedding_distill_loss, hint_loss, kd_loss, relational_loss
 from compressor.students import FeatureTap, TeacherLogitCache, build_student, hint_adapter
-from compressor.training import LossFn, TrainOptions, fit, val_top1
+from compressor.training import LossFn, TrainOptions, embedding_loss, fit, val_top1
 
 
 class KDLoss(Strict):
@@ -40,6 +41,18 @@ class DKDLoss(Strict):
     alpha: float = Field(1.0, ge=0, le=100, description="Weight of TCKD (target vs non-target split).")
     beta: float = Field(8.0, ge=0, le=100, description="Weight of NCKD (distribution over non-target classes).")
     ce_weight: float = Field(1.0, ge=0, le=100)
+
+
+class EmbeddingKD(Strict):
+    """Embedding distillation: match the teacher's embeddings (cosine or MSE, through a learned Linear
+    projection when the sizes differ), optionally its pairwise-similarity matrix within a batch, plus
+    the recipe's metric loss (``embedding.loss``) with weight ``task_weight``."""
+
+    type: Literal["embedding"] = "embedding"
+    distance: Literal["cosine", "mse"] = "cosine"
+    weight: float = Field(1.0, ge=0, le=1000, description="Weight of the embedding-matching term.")
+    relational: float = Field(0.0, ge=0, le=1000, description="Weight of the pairwise-similarity (relational) term.")
+    task_weight: float = Field(1.0, ge=0, le=1000, description="Weight of the recipe's metric loss on the student.")
 
 
 class FeatureHint(Strict):
@@ -63,7 +76,8 @@ class DistillConfig(StageConfig, TrainOptions):
         None, ge=1, le=4,
         description="Override the stride of the student's first convolution (1 suits images under 64 px).",
     )
-    loss: Annotated[KDLoss | DKDLoss, Field(discriminator="type")] = KDLoss()
+    loss: Annotated[KDLoss | DKDLoss | EmbeddingKD, Field(discriminator="type")] = Field(
+        default_factory=KDLoss, description="kd or dkd for classifiers; embedding for task: embedding recipes.")
     feature: FeatureHint | None = Field(None, description="Add a FitNet hint loss between two named layers.")
     cache_teacher_logits: bool | None = Field(
         None, description="Compute teacher logits once per image (needs data.augment: false and no feature "
@@ -99,8 +113,28 @@ def _loss_fn(cfg: DistillConfig, teacher_logits: Any, hint: tuple[FeatureTap, Fe
             value = dkd_loss(s_logits, t_logits, y, spec.temperature, spec.alpha, spec.beta, spec.ce_weight,
                              cfg.label_smoothing)
         else:
+            assert isinstance(spec, KDLoss)  # embedding losses go through _embedding_loss_fn
             value = kd_loss(s_logits.float(), t_logits.float(), y, spec.temperature, spec.alpha,
                             cfg.label_smoothing)
+        if hint is not None and cfg.feature is not None:
+            s_tap, t_tap, adapter = hint
+            value = value + cfg.feature.weight * hint_loss(adapter(s_tap.take()), t_tap.take())
+        return value
+
+    return loss
+
+
+def _embedding_loss_fn(cfg: DistillConfig, spec: EmbeddingKD, teacher_out: Any, objective: nn.Module,
+                       proj: nn.Module | None, hint: tuple[FeatureTap, FeatureTap, nn.Module] | None) -> LossFn:
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_emb = teacher_out(x)
+        s_emb = model(x)
+        value = spec.weight * embedding_distill_loss(proj(s_emb) if proj is not None else s_emb, t_emb, spec.distance)
+        if spec.task_weight > 0:
+            value = value + spec.task_weight * objective(s_emb, y)
+        if spec.relational > 0:
+            value = value + spec.relational * relational_loss(s_emb, t_emb)
         if hint is not None and cfg.feature is not None:
             s_tap, t_tap, adapter = hint
             value = value + cfg.feature.weight * hint_loss(adapter(s_tap.take()), t_tap.take())
@@ -126,28 +160,36 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
     for p in teacher.parameters():
         p.requires_grad_(False)
     data = ctx.data
+    task = task_of(ctx)
+    if task.is_embedding != isinstance(cfg.loss, EmbeddingKD):
+        msg = ("an embedding recipe distills with loss: {type: embedding} (cosine/MSE to the teacher's embeddings)"
+               if task.is_embedding else
+               "loss type embedding needs a task: embedding recipe; classifiers use loss type kd or dkd")
+        raise CompressorError(msg)
     if cfg.student == "input":
         student, meta = load_model(ctx, ctx.input), dict(ctx.input.meta)
         for key in ("macs", "params", "input_shape"):
             meta.pop(key, None)
     else:
-        student, meta = build_student(cfg.student, len(data.classes), data.input_shape[0], cfg.stem_stride, ctx.seed)
+        student, meta = build_student(cfg.student, len(data.classes), data.input_shape[0], cfg.stem_stride, ctx.seed,
+                                      ctx.recipe.embedding if task.is_embedding else None, data.input_shape)
     student.to(ctx.device)
     initial = copy.deepcopy(student.state_dict())
     with torch.no_grad():
         probe = teacher(torch.zeros(1, *data.input_shape, device=ctx.device))
         s_probe = student.eval()(torch.zeros(1, *data.input_shape, device=ctx.device))
-    if probe.shape[1] != s_probe.shape[1]:
+    if probe.shape[1] != s_probe.shape[1] and not task.is_embedding:
         msg = (f"teacher predicts {probe.shape[1]} classes and the student {s_probe.shape[1]}; "
                "they must agree (set student.num_classes)")
         raise CompressorError(msg)
+    m = task.primary
     teacher_top1 = val_top1(teacher, ctx)
 
-    metrics: dict[str, Any] = {"teacher_top1": teacher_top1, "loss": cfg.loss.type}
+    metrics: dict[str, Any] = {f"teacher_{m}": teacher_top1, "loss": cfg.loss.type}
     if cfg.baseline:
         ctx.log(f"{ctx.name}: training the student from scratch (baseline)")
         scratch = fit(student, ctx, cfg, desc="scratch")
-        metrics |= {"scratch_top1": scratch.best_top1, "scratch_history": scratch.history}
+        metrics |= {f"scratch_{m}": scratch.best_top1, "scratch_history": scratch.history}
         student.load_state_dict(initial)
 
     hint = None
@@ -162,14 +204,30 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
         images, _ = data.calibration_arrays(len(data.train))  # type: ignore[arg-type]
         cache = TeacherLogitCache(teacher, images, ctx.device)
     teacher_logits = cache if cache is not None else teacher
-    result = fit(student, ctx, cfg, loss_fn=_loss_fn(cfg, teacher_logits, hint, teacher),
-                 extra=hint[2] if hint else None, desc="distill")
+    if isinstance(cfg.loss, EmbeddingKD):
+        torch.manual_seed(ctx.seed)
+        _, objective = embedding_loss(student, ctx)
+        proj = (nn.Linear(s_probe.shape[1], probe.shape[1], bias=False).to(ctx.device)
+                if s_probe.shape[1] != probe.shape[1] else None)
+        parts = [objective] + ([proj] if proj is not None else []) + ([hint[2]] if hint else [])
+        result = fit(student, ctx, cfg, loss_fn=_embedding_loss_fn(cfg, cfg.loss, teacher_logits, objective, proj, hint),
+                     extra=nn.ModuleList(parts), desc="distill")
+        metrics["projection"] = [int(s_probe.shape[1]), int(probe.shape[1])] if proj is not None else None
+    else:
+        result = fit(student, ctx, cfg, loss_fn=_loss_fn(cfg, teacher_logits, hint, teacher),
+                     extra=hint[2] if hint else None, desc="distill")
     if hint is not None:
         hint[0].remove()
         hint[1].remove()
     artifact = save_model(ctx, student, meta)
+    if task.is_embedding and s_probe.shape[1] == probe.shape[1]:
+        from compressor.metrics import predict
+
+        images, _ = data.val_arrays()
+        metrics["teacher_cosine"] = task.agreement(predict(student, images, ctx.device),
+                                                   predict(teacher, images, ctx.device))["mean_cosine"]
     metrics |= {
-        "val_top1": result.best_top1, "student_top1": result.best_top1,
+        f"val_{m}": result.best_top1, f"student_{m}": result.best_top1,
         "gap_to_teacher": round(teacher_top1 - result.best_top1, 3),
         "epochs_run": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history, "macs": artifact.meta["macs"], "params": artifact.meta["params"],
@@ -177,9 +235,9 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
         "teacher_logits_cached": cache is not None,
     }
     if cfg.baseline:
-        metrics["gain_over_scratch"] = round(result.best_top1 - metrics["scratch_top1"], 3)
+        metrics["gain_over_scratch"] = round(result.best_top1 - metrics[f"scratch_{m}"], 3)
     if cache is not None:
         metrics["teacher_cache_hit_rate"] = round(cache.hits / max(1, cache.hits + cache.misses), 4)
-    ctx.log(f"{ctx.name}: teacher {teacher_top1:.2f}, distilled student {result.best_top1:.2f}"
-            + (f", from scratch {metrics['scratch_top1']:.2f}" if cfg.baseline else ""))
+    ctx.log(f"{ctx.name}: {task.label}: teacher {teacher_top1:.2f}, distilled student {result.best_top1:.2f}"
+            + (f", from scratch {metrics[f'scratch_{m}']:.2f}" if cfg.baseline else ""))
     return StageOutput(artifact, metrics)

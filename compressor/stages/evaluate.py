@@ -1,4 +1,8 @@
-"""``evaluate``: top-1, top-5 and the confusion matrix of a PyTorch model on the validation split."""
+"""``evaluate``: the task's metrics of a PyTorch model on the validation split.
+
+Classification: top-1, top-5 and the confusion matrix. Embedding: rank-1, rank-5 and mAP over the
+seeded query/gallery split of the validation identities.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from pydantic import Field
 
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput, load_model
-from compressor.metrics import classification_metrics, predict
+from compressor.evaluation import task_of
+from compressor.metrics import predict
 
 
 class EvaluateConfig(StageConfig):
@@ -16,7 +21,7 @@ class EvaluateConfig(StageConfig):
 def run_evaluate(cfg: EvaluateConfig, ctx: StageContext) -> StageOutput:
     model = load_model(ctx, ctx.input)
     images, labels = ctx.data.val_arrays(cfg.images)
-    logits = predict(model, images, ctx.device)
-    metrics = classification_metrics(logits, labels, len(ctx.data.classes))
+    outputs = predict(model, images, ctx.device)
+    metrics = task_of(ctx).score(outputs, labels)
     metrics["classes"] = ctx.data.classes
     return StageOutput(ctx.input, metrics)

@@ -15,6 +15,7 @@ from compressor.artifacts import atomic_write
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput, load_model
 from compressor.errors import ExportError, MissingExtraError
+from compressor.evaluation import task_of
 from compressor.metrics import predict
 from compressor.verify import check_agreement, run_batched
 
@@ -39,12 +40,17 @@ def onnx_metadata(ctx: StageContext, extra: dict[str, Any] | None = None) -> dic
         "input_layout": "NCHW",
         "producer": f"compressor {__version__}",
     }
+    if getattr(ctx.recipe, "task", "classification") == "embedding":
+        emb = ctx.recipe.embedding
+        meta["task"] = "embedding"
+        meta["embedding"] = json.dumps({"normalized": emb.normalize, "distance": emb.distance})
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
     return meta
 
 
 def export_to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, cfg: ExportOnnxConfig,
                    metadata: dict[str, str]) -> None:
+    output = "embedding" if metadata.get("task") == "embedding" else "logits"
     """Export, embed metadata and check the graph; errors name the format and the exporter's reason."""
     try:
         import onnx
@@ -59,11 +65,11 @@ def export_to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, cf
                 dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if cfg.dynamic_batch else None
                 torch.onnx.export(model, (example,), str(tmp), dynamo=True, opset_version=cfg.opset,
                                   external_data=cfg.external_data, dynamic_shapes=dynamic,
-                                  input_names=["input"], output_names=["logits"], verbose=False)
+                                  input_names=["input"], output_names=[output], verbose=False)
             else:
-                axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if cfg.dynamic_batch else None
+                axes = {"input": {0: "batch"}, output: {0: "batch"}} if cfg.dynamic_batch else None
                 torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=cfg.opset,
-                                  input_names=["input"], output_names=["logits"], dynamic_axes=axes)
+                                  input_names=["input"], output_names=[output], dynamic_axes=axes)
         proto = onnx.load(str(tmp))
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
@@ -95,7 +101,7 @@ def run_export_onnx(cfg: ExportOnnxConfig, ctx: StageContext) -> StageOutput:
     session = get_backend("onnxruntime").load(path, {}, RuntimeOptions(threads=ctx.threads))
     reference = predict(model, images, torch.device("cpu"))
     candidate = run_batched(session.run, images, session.batch_sizes())
-    metrics = check_agreement("onnx", "fp32", candidate, reference, cfg.min_agreement)
+    metrics = check_agreement("onnx", "fp32", candidate, reference, cfg.min_agreement, task_of(ctx))
     files = {"model": path.name}
     if cfg.external_data:
         files["data"] = path.name + ".data"

@@ -21,6 +21,7 @@ from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.converter_errors import converter_error
 from compressor.errors import ExportError, MissingExtraError
+from compressor.evaluation import task_of
 from compressor.metrics import predict
 from compressor.models import load_model_artifact
 from compressor.verify import verify_artifact
@@ -111,7 +112,8 @@ def run_export_openvino(cfg: ExportOpenVinoConfig, ctx: StageContext) -> StageOu
     save_openvino(ov_model, xml, cfg.precision, info)
     meta = export_metadata(ctx, source, "openvino", cfg.precision, "NCHW", converted_from=source_kind)
     reference = predict(model, images, torch.device("cpu"))
-    metrics = verify_artifact("openvino", xml, meta, reference, images, cfg.min_agreement, ctx.threads)
+    metrics = verify_artifact("openvino", xml, meta, reference, images, cfg.min_agreement, ctx.threads,
+                              task=task_of(ctx))
     metrics.update(size_bytes=xml.stat().st_size + xml.with_suffix(".bin").stat().st_size,
                    converted_from=source_kind)
     return StageOutput(ctx.new_artifact("openvino", {"xml": "model.xml", "bin": "model.bin"}, meta), metrics)

@@ -24,6 +24,7 @@ from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput
 from compressor.converter_errors import converter_error
 from compressor.errors import MissingExtraError
+from compressor.evaluation import task_of
 from compressor.metrics import predict
 from compressor.models import load_model_artifact
 from compressor.stages.export_openvino import export_metadata, source_model_of
@@ -97,6 +98,6 @@ def run_export_tflite(cfg: ExportTfliteConfig, ctx: StageContext) -> StageOutput
     meta = export_metadata(ctx, source, "tflite", cfg.precision, cfg.layout, batch_size=cfg.batch_size)
     reference = predict(model, images, torch.device("cpu"))
     metrics = verify_artifact("litert", path, meta, reference, images, cfg.min_agreement, ctx.threads,
-                              {"xnnpack": cfg.xnnpack})
+                              {"xnnpack": cfg.xnnpack}, task=task_of(ctx))
     metrics.update(size_bytes=path.stat().st_size, layout=cfg.layout)
     return StageOutput(ctx.new_artifact("tflite", {"model": "model.tflite"}, meta), metrics)

@@ -17,7 +17,8 @@ from torch import nn
 
 from compressor.config import StageConfig, Strict
 from compressor.context import StageContext, StageOutput, load_model, save_model
-from compressor.losses import kd_loss
+from compressor.evaluation import task_of
+from compressor.losses import embedding_distill_loss, kd_loss, triplet_batch_hard
 from compressor.metrics import count_params
 from compressor.models import build_from_meta, structure_of
 from compressor.pruning import (
@@ -28,7 +29,7 @@ from compressor.pruning import (
     check_runs,
     layer_widths,
 )
-from compressor.training import LossFn, TrainOptions, fit, val_top1
+from compressor.training import LossFn, TrainOptions, embedding_loss, fit, val_top1
 
 
 class DistillOptions(Strict):
@@ -90,15 +91,32 @@ def _with_regularizer(pruner: ChannelPruner, base: LossFn) -> LossFn:
     return loss
 
 
+def _embedding_distill_loss(teacher: nn.Module, opts: DistillOptions, objective: nn.Module) -> LossFn:
+    """Embedding models: ``alpha`` x (1 - cos) to the unpruned model + (1 - ``alpha``) x the metric loss."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x)
+        emb = model(x)
+        return opts.alpha * embedding_distill_loss(emb, target) + (1 - opts.alpha) * objective(emb, y)
+
+    return loss
+
+
 def _taylor_gradients(model: nn.Module, ctx: StageContext, batches: int) -> None:
-    """Accumulate loss gradients over a few training batches (eval mode: BN statistics untouched)."""
+    """Accumulate loss gradients over a few training batches (eval mode: BN statistics untouched).
+
+    Classifiers use cross-entropy; embedding models the batch-hard triplet loss (no head needed).
+    """
     model.eval().to(ctx.device)
     model.zero_grad(set_to_none=True)
     criterion = nn.CrossEntropyLoss()
+    embedding = task_of(ctx).is_embedding
     for i, (x, y) in enumerate(ctx.data.train_loader()):
         if i >= batches:
             break
-        criterion(model(x.to(ctx.device)), y.to(ctx.device)).backward()
+        out, y = model(x.to(ctx.device)), y.to(ctx.device)
+        (triplet_batch_hard(out, y) if embedding else criterion(out, y)).backward()
 
 
 def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
@@ -117,15 +135,23 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
             f"{len(pruner.frozen)} frozen layers; val top-1 before pruning {top1_before:.2f}")
 
     train = cfg.finetune or TrainOptions(epochs=1, lr=0.01)
+    task = task_of(ctx)
     base_loss: LossFn | None = None
-    if teacher is not None and cfg.distill is not None:
+    head: nn.Module | None = None  # embedding models: the training head of the metric loss
+    if task.is_embedding:
+        torch.manual_seed(ctx.seed)
+        plain_embedding, head = embedding_loss(model, ctx)
+        base_loss = plain_embedding
+        if teacher is not None and cfg.distill is not None:
+            base_loss = _embedding_distill_loss(teacher, cfg.distill, head)
+    elif teacher is not None and cfg.distill is not None:
         base_loss = _distill_loss(teacher, cfg.distill, train.label_smoothing)
-    metrics: dict[str, Any] = {"top1_before": top1_before}
+    metrics: dict[str, Any] = {"top1_before": top1_before, "metric": task.primary}
     if cfg.sparsity is not None:
         criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
         plain: LossFn = base_loss or (lambda m, x, y: criterion(m(x), y))
         opts = train.model_copy(update={"epochs": cfg.sparsity.epochs, "lr": cfg.sparsity.lr or train.lr})
-        result = fit(model, ctx, opts, loss_fn=_with_regularizer(pruner, plain), desc="sparsity")
+        result = fit(model, ctx, opts, loss_fn=_with_regularizer(pruner, plain), extra=head, desc="sparsity")
         metrics["top1_after_sparsity"] = result.best_top1
         ctx.log(f"{ctx.name}: sparsity training ({cfg.sparsity.method}) val top-1 {result.best_top1:.2f}")
 
@@ -140,7 +166,7 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
         record: dict[str, Any] = {"step": step, "macs": macs, "params": count_params(model),
                                   "top1_pruned": val_top1(model, ctx)}
         if cfg.finetune is not None:
-            result = fit(model, ctx, cfg.finetune, loss_fn=base_loss, desc=f"finetune{step}")
+            result = fit(model, ctx, cfg.finetune, loss_fn=base_loss, extra=head, desc=f"finetune{step}")
             record.update(top1_finetuned=result.best_top1, finetune_history=result.history)
         history.append(record)
         ctx.log(f"{ctx.name}: step {step}/{cfg.steps}: MACs {macs / pruner.base_macs:.1%} of the original, "

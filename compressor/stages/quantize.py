@@ -19,6 +19,7 @@ from compressor.artifacts import Artifact
 from compressor.config import StageConfig, Strict
 from compressor.context import StageContext, StageOutput, load_model
 from compressor.errors import AccuracyGoalError, StageError
+from compressor.evaluation import task_of
 from compressor.quant.onnxruntime import OrtQuantOptions
 from compressor.training import TrainOptions
 
@@ -179,9 +180,18 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
 
         return run_qat(cfg, ctx, calib, (val_images, val_labels))
     plan = _plan(cfg, ctx, calib)
+    task = task_of(ctx)
+    m = task.primary  # top1, or rank1 / map for embedding models
+
+    def score(outputs: np.ndarray) -> float:
+        return round(task.value(outputs, val_labels), 3)
+
+    def scorer(outputs: np.ndarray, labels: np.ndarray) -> float:
+        return task.value(outputs, labels)
+
     fp32_logits = evaluate.logits(plan.fp32_runner(), val_images)
-    fp32_top1 = round(float((fp32_logits.argmax(1) == val_labels).mean()) * 100, 3)
-    metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "settings": _settings(cfg, plan)}
+    fp32_top1 = score(fp32_logits)
+    metrics: dict[str, Any] = {f"fp32_{m}": fp32_top1, "settings": _settings(cfg, plan)}
     extra_files: dict[str, str] = {}
 
     rows: list[dict[str, Any]] | None = None
@@ -191,8 +201,9 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
         if rows is None:
             n = min(cfg.sensitivity_images, len(val_images))
             rows = layer_sensitivity(lambda ex: plan.runner(plan.quantize(ex)), plan.layers(), val_images[:n],
-                                     val_labels[:n], fp32_logits[:n], lambda it, desc: ctx.progress(it, desc))
-            info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": fp32_top1}
+                                     val_labels[:n], fp32_logits[:n], lambda it, desc: ctx.progress(it, desc), task)
+            info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": fp32_top1,
+                    "metric": task.label, "fp32_score": fp32_top1}
             extra_files = write_report(ctx.out_dir, rows, info)
             write_report(ctx.work_dir, rows, info)  # kept when the stage fails
             metrics["most_sensitive"] = [r["layer"] for r in rows[:5]]
@@ -203,17 +214,18 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
     excluded: list[str] = []
     candidate = plan.quantize([])
     int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-    int8_top1 = round(float((int8_logits.argmax(1) == val_labels).mean()) * 100, 3)
+    int8_top1 = score(int8_logits)
     if cfg.max_accuracy_drop is not None and fp32_top1 - int8_top1 > cfg.max_accuracy_drop:
         sensitivity()  # the per-layer report is always written when accuracy control runs
-        attempts: list[dict[str, Any]] = [{"method": "ptq", "top1": int8_top1, "drop": round(fp32_top1 - int8_top1, 3)}]
+        attempts: list[dict[str, Any]] = [{"method": "ptq", m: int8_top1, "drop": round(fp32_top1 - int8_top1, 3)}]
         done = False
         if cfg.accuracy_control in ("auto", "nncf") and plan.fmt in ("onnx", "openvino"):
             try:
-                candidate = plan.quantize_ac((val_images, val_labels), cfg.max_accuracy_drop)
+                candidate = plan.quantize_ac((val_images, val_labels), cfg.max_accuracy_drop,
+                                             scorer if task.is_embedding else None)
                 int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-                int8_top1 = round(float((int8_logits.argmax(1) == val_labels).mean()) * 100, 3)
-                attempts.append({"method": "nncf.quantize_with_accuracy_control", "top1": int8_top1,
+                int8_top1 = score(int8_logits)
+                attempts.append({"method": "nncf.quantize_with_accuracy_control", m: int8_top1,
                                  "drop": round(fp32_top1 - int8_top1, 3)})
                 done = fp32_top1 - int8_top1 <= cfg.max_accuracy_drop
             except Exception as err:  # noqa: BLE001 - fall back, and say why in the attempts
@@ -223,7 +235,7 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
         if not done:
             if cfg.accuracy_control == "nncf":
                 msg = (
-                    f"nncf accuracy control left top-1 {int8_top1:.2f} vs FP32 {fp32_top1:.2f}, "
+                    f"nncf accuracy control left {task.label} {int8_top1:.2f} vs FP32 {fp32_top1:.2f}, "
                     f"more than max_accuracy_drop {cfg.max_accuracy_drop} pt; try accuracy_control: fallback"
                 )
                 raise AccuracyGoalError(
@@ -234,7 +246,7 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
                 result = restore_until_within(
                     lambda ex: plan.runner(plan.quantize(ex)), ranking, val_images, val_labels,
                     fp32_top1, cfg.max_accuracy_drop, cfg.max_float_layers, plan.fmt,
-                    first=([], int8_top1))
+                    first=([], int8_top1), scorer=scorer if task.is_embedding else None, metric=task.label)
             except AccuracyGoalError as err:
                 msg = f"{err}\nper-layer sensitivity: {ctx.work_dir / 'sensitivity.md'}"
                 raise AccuracyGoalError(msg, [*attempts, *err.attempts]) from err
@@ -242,17 +254,23 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
             attempts += [{"method": "fallback", **a} for a in result.attempts[1:]]
             candidate = plan.quantize(excluded)
             int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-            int8_top1 = round(float((int8_logits.argmax(1) == val_labels).mean()) * 100, 3)
+            int8_top1 = score(int8_logits)
         metrics["accuracy_control"] = attempts
 
     files = plan.save(candidate, ctx.out_dir)
-    agreement = round(float((int8_logits.argmax(1) == fp32_logits.argmax(1)).mean()) * 100, 3)
+    agree = task.agreement(int8_logits, fp32_logits)
+    agreement = round(task.agreement_value(agree), 3)
     if agreement < cfg.min_agreement:
-        raise StageError(ctx.name, f"{plan.fmt} INT8 agrees with FP32 on only {agreement:.2f}% of "
-                                   f"{len(val_images)} validation images (option min_agreement {cfg.min_agreement}); "
+        raise StageError(ctx.name, f"{plan.fmt} INT8 reaches only {agreement:.2f} ({task.agreement_label} with FP32) "
+                                   f"on {len(val_images)} validation images (option min_agreement {cfg.min_agreement}); "
                                    "try per_channel: true, bias_correction: full or more calibration_images")
     size = sum((ctx.out_dir / f).stat().st_size for f in files.values())
-    metrics.update(int8_top1=int8_top1, drop=round(fp32_top1 - int8_top1, 3), top1_agreement=agreement,
+    if task.is_embedding:
+        metrics.update(int8_retrieval=task.score(int8_logits, val_labels), mean_cosine=agree["mean_cosine"],
+                       min_cosine=agree["min_cosine"])
+    else:
+        metrics["top1_agreement"] = agreement
+    metrics.update({f"int8_{m}": int8_top1}, drop=round(fp32_top1 - int8_top1, 3),
                    eval_images=len(val_images), float_layers=excluded, fp32_size_bytes=plan.fp32_size(),
                    size_bytes=size)
     art = _artifact(ctx, plan.fmt, {**files, **extra_files}, metrics["settings"], excluded)
