@@ -116,6 +116,9 @@ def test_config_errors_are_pinned(shared_out: Path) -> None:
     bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "float_io": True}])
     with pytest.raises(RecipeError, match="float_io needs engine: ai_edge_quantizer"):
         validate_document(bad)
+    bad = _doc(shared_out, [{"name": "q", "type": "quantize", "mode": "qat", "bias_correction": "full"}])
+    with pytest.raises(RecipeError, match="bias_correction full is not available with mode qat"):
+        validate_document(bad)
     ok = validate_document(_doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "input": "onnx"}]))
     assert ok.stages[-1].config.format == "tflite"
 

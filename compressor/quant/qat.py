@@ -112,8 +112,8 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
 
     images, labels = val
     fp32 = _source_model(ctx)
-    depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in fp32.modules())
-    bias = cfg.bias_correction if cfg.bias_correction != "auto" else ("full" if depthwise else "fast")
+    # NNCF's PyTorch backend has fast bias correction only (full is refused by the config check).
+    bias = "fast" if cfg.bias_correction == "auto" else cfg.bias_correction
     kwargs = nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
                          cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
     teacher = _source_model(ctx)

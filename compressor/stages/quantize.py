@@ -81,6 +81,9 @@ class QuantizeConfig(StageConfig):
         if self.engine not in allowed:
             msg = f"engine '{self.engine}' does not make format '{self.format}'; choose one of {', '.join(allowed)}"
             raise ValueError(msg)
+        if self.mode == "qat" and self.bias_correction == "full":
+            msg = "bias_correction full is not available with mode qat (NNCF's PyTorch backend has fast only)"
+            raise ValueError(msg)
         if self.mode == "qat" and self.format == "tflite":
             msg = "mode qat exports to onnx or openvino; for TFLite use mode: ptq (PT2E on the QAT-free model)"
             raise ValueError(msg)
