@@ -58,16 +58,17 @@ INT8_STEPS = ("onnx-int8", "openvino-int8", "tflite-int8")
 
 @dataclass(frozen=True)
 class Limitation:
-    """A converter that cannot handle a model: the operator, and a substring of the converter's message."""
+    """A converter that cannot handle a model: the operator, the module calling it, the converter's message."""
 
     op: str
+    module: str
     message: str
     why: str
 
 
 # (model, step) -> the expected failure. Listed in the README under "CNN zoo: known converter limitations".
 _POOL_UP = Limitation(
-    "adaptive_avg_pool2d", "output size that are not factor of input size",
+    "adaptive_avg_pool2d", "'avgpool' (AdaptiveAvgPool2d)", "output size that are not factor of input size",
     "at 64 px the features are 1x1 (AlexNet) or 2x2 (VGG), which the 6x6/7x7 adaptive pool upsamples; "
     "the TorchScript exporter only lowers pools whose output divides the input (the dynamo exporter, the "
     "default, handles it; at 224 px the TorchScript exporter works too)")
@@ -81,6 +82,26 @@ LIMITATIONS: dict[tuple[str, str], Limitation] = {
 # LiteRT conversion takes 5-25 s per model on 2 cores: in the default suite only tiny_googlenet goes
 # through it (FP32 and PT2E INT8); the other tiny models' TFLite steps run with the slow suite.
 TFLITE_IN_DEFAULT = {"tiny_googlenet"}
+
+
+@dataclass(frozen=True)
+class AccuracyLimitation:
+    """An INT8 file that converts and runs but whose logits do not follow FP32, and the engine that works."""
+
+    cosine_below: float  # the cosine of centred logits stays under this
+    workaround: str  # the quantize stage's engine that gives a faithful model
+    why: str
+
+
+_PT2E_DEEP = AccuracyLimitation(
+    0.85, "ai_edge_quantizer",
+    "litert-torch PT2E: the fake-quantized PyTorch graph follows FP32 (cosine 0.96 on Inception v3) but the "
+    "converted int8 flatbuffer drifts further with every Inception block (0.99 after Mixed_5d, 0.87 after "
+    "Mixed_6e, 0.00 at the output; GoogLeNet 0.74), with and without XNNPACK; single blocks are fine")
+INT8_ACCURACY: dict[tuple[str, str], AccuracyLimitation] = {
+    ("googlenet", "tflite-int8"): _PT2E_DEEP,
+    ("inception_v3", "tflite-int8"): _PT2E_DEEP,
+}
 
 
 def _all(steps: tuple[str, ...]) -> list[Any]:
@@ -251,7 +272,7 @@ def _expect_limitation(name: str, step: str, attempt: Any) -> None:
         attempt()
     text = str(info.value)
     assert lim.message in text, f"{name} {step} fails differently now: {text[:400]}"
-    assert f"operator aten::{lim.op}" in text, f"the error does not name the operator {lim.op}: {text[:400]}"
+    assert f"operator aten::{lim.op} in module {lim.module}" in text, f"operator/module not named: {text[:400]}"
 
 
 @pytest.mark.parametrize(("name", "step"), _all(FP32_STEPS + INT8_STEPS))
@@ -268,13 +289,33 @@ def test_export_and_int8_run_in_each_runtime(name: str, step: str, zoo_dir: Path
         np.testing.assert_allclose(out, p.reference, rtol=1e-3, atol=1e-3 * scale, err_msg=f"{name} {step}")
         return
     # INT8: the input-dependent part of the logits (each minus its mean over the images) must follow FP32's.
-    got, ref = (out - out.mean(0)).ravel(), (p.reference - p.reference.mean(0)).ravel()
-    cosine = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref) + 1e-12))
-    assert cosine > 0.85, f"{name} {step}: INT8 logits follow FP32 with cosine {cosine:.3f}"
+    cosine = _centred_cosine(out, p.reference)
+    known = INT8_ACCURACY.get((name, step))
+    if known is None:
+        assert cosine > 0.85, f"{name} {step}: INT8 logits follow FP32 with cosine {cosine:.3f}"
+        return
+    assert cosine < known.cosine_below, f"{name} {step} follows FP32 now (cosine {cosine:.3f}): remove it from INT8_ACCURACY"
+    from compressor.quant import tflite as q
+
+    assert known.workaround == "ai_edge_quantizer"
+    path = p.folder / "int8-aeq.tflite"
+    q.quantize_aeq(export(p, "tflite"), p.calib, path, float_io=False)
+    cosine = _centred_cosine(run(path, fmt, p.images), p.reference)
+    assert cosine > 0.85, f"{name} {step} with engine {known.workaround}: cosine {cosine:.3f}"
+
+
+def _centred_cosine(out: np.ndarray, reference: np.ndarray) -> float:
+    got, ref = (out - out.mean(0)).ravel(), (reference - reference.mean(0)).ravel()
+    return float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref) + 1e-12))
 
 
 def test_limitations_are_named_and_documented() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## CNN zoo coverage", 1)[1].split("\n## ", 1)[0]
     for (name, step), lim in LIMITATIONS.items():
         assert name in ZOO and step in FP32_STEPS + INT8_STEPS
-        assert lim.op in readme and lim.message in readme, f"README does not list {name} {step} ({lim.op})"
+        assert lim.op in section and lim.message in section, f"README does not list {name} {step} ({lim.op})"
+    for (name, step), acc in INT8_ACCURACY.items():
+        assert name in ZOO and step in INT8_STEPS
+        assert name in section.replace("GoogLeNet", "googlenet").replace("Inception v3", "inception_v3")
+        assert acc.workaround in section

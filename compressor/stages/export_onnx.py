@@ -81,6 +81,7 @@ def export_to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, cf
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         op = failed_op(str(err))
         if op is not None:
+            first = first.split(" Please feel free to request support")[0]  # torch.onnx's boilerplate
             where = module_of_op(model, example, op)
             first = (f"the exporter cannot handle operator aten::{op}{' in module ' + where if where else ''} "
                      f"({first.rstrip('.')})")
