@@ -7,14 +7,15 @@ from typing import Any
 
 from compressor.errors import ExportError
 
-# Operator names as converters spell them: "aten::histc" (OpenVINO), "aten.histc.default" (litert-torch).
-_OP_PATTERN = re.compile(r"\baten(?:::|\.)(_?[A-Za-z0-9_]+)")
+# Operator names as converters spell them: "aten::histc" (OpenVINO), "aten.histc.default" (litert-torch),
+# "ONNX export of operator adaptive_avg_pool2d" (torch.onnx's TorchScript exporter).
+_OP_PATTERN = re.compile(r"\baten(?:::|\.)(_?[A-Za-z0-9_]+)|\bONNX export of operator (_?[A-Za-z0-9_]+)")
 
 
 def failed_op(message: str) -> str | None:
     """The first ATen operator named in a converter's message, without namespace or overload."""
     match = _OP_PATTERN.search(message)
-    return match.group(1) if match else None
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def module_of_op(model: Any, example: Any, op: str) -> str | None:

@@ -31,7 +31,13 @@ SIZE = 32
 FAST = [TINY, ModelSource(arch="mobilenet_v2"), ModelSource(arch="mobilenet_v3_small"),
         ModelSource(arch="efficientnet_b0")]
 SLOW = [ModelSource(arch=a) for a in ("resnet50", "vgg11_bn", "mobilenet_v3_large", "shufflenet_v2_x1_0",
-                                      "densenet121", "efficientnet_b0")]
+                                      "densenet121", "efficientnet_b0", "alexnet", "googlenet", "inception_v3",
+                                      "resnext50_32x4d", "wide_resnet50_2")]
+# Smallest inputs some architectures accept (AlexNet's stride-4 stem and three pools need 63 px,
+# Inception v3's stem and reductions 75 px); GoogLeNet and Inception v3 are built without aux heads.
+INPUT_SIZE = {"alexnet": 64, "inception_v3": 75}
+# A 6x6/7x7 adaptive pool after a 1x1 feature map exports only through the dynamo exporter.
+DYNAMO_ONLY = {"vgg11_bn", "alexnet"}
 
 
 def _label(source: ModelSource) -> str:
@@ -39,14 +45,14 @@ def _label(source: ModelSource) -> str:
 
 
 def _prune_reload_export(source: ModelSource, tmp_path: Path, opts: PruneOptions,
-                         exporter: str = "torchscript") -> dict[str, Any]:
+                         exporter: str = "torchscript", size: int = SIZE) -> dict[str, Any]:
     torch.manual_seed(0)
     meta = model_meta(source, 10, 3)
     model = build_from_meta(meta).eval()
-    example = torch.randn(2, 3, SIZE, SIZE)
+    example = torch.randn(2, 3, size, size)
     report = prune_model(model, example[:1], opts)
     assert report["macs_after"] < report["macs_before"]
-    assert report["macs_after"] == count_macs(model, (3, SIZE, SIZE))
+    assert report["macs_after"] == count_macs(model, (3, size, size))
     assert report["params_after"] < report["params_before"]
     assert report["channels"], "no layer lost channels"
     with torch.no_grad():
@@ -79,9 +85,9 @@ def test_prune_reload_export_contract(source: ModelSource, tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SLOW, ids=_label)
 def test_prune_reload_export_contract_slow(source: ModelSource, tmp_path: Path) -> None:
-    # VGG's adaptive 7x7 pool after a 1x1 feature map exports only through the dynamo exporter.
-    exporter = "dynamo" if source.arch == "vgg11_bn" else "torchscript"
-    report = _prune_reload_export(source, tmp_path, PruneOptions(macs_reduction=0.5), exporter)
+    exporter = "dynamo" if source.arch in DYNAMO_ONLY else "torchscript"
+    size = INPUT_SIZE.get(str(source.arch), SIZE)
+    report = _prune_reload_export(source, tmp_path, PruneOptions(macs_reduction=0.5), exporter, size)
     assert report["macs_after"] <= 0.5 * report["macs_before"]
 
 

@@ -42,3 +42,63 @@ def tiny_cnn_histc(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     model = tiny_cnn(num_classes, in_channels)
     model.add_module("odd", Histogram())
     return model
+
+
+# --- tiny members of the torchvision families covered by the zoo contract (tests/test_zoo_contract.py) ---
+# Built from torchvision's own blocks at small widths, so the default suite exercises each family's graph
+# features (AlexNet's 6x6 adaptive pool and dropout MLP, GoogLeNet's and Inception v3's branch concats,
+# ResNeXt's grouped bottlenecks) in seconds; the full-size models run in the slow suite.
+
+def tiny_alexnet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's AlexNet (its forward, adaptive 6x6 pool and dropout MLP) at 1/8 width."""
+    from torchvision.models import AlexNet
+
+    model = AlexNet(num_classes=num_classes)
+    model.features = nn.Sequential(
+        nn.Conv2d(in_channels, 8, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(8, 24, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(24, 48, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(48, 32, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+    )
+    model.classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(32 * 6 * 6, 256), nn.ReLU(inplace=True),
+        nn.Dropout(), nn.Linear(256, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes),
+    )
+    return model
+
+
+def tiny_googlenet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """A stem and two of torchvision's GoogLeNet ``Inception`` blocks (four branches concatenated)."""
+    from torchvision.models.googlenet import BasicConv2d, Inception
+
+    return nn.Sequential(
+        BasicConv2d(in_channels, 16, kernel_size=3, stride=2, padding=1),
+        Inception(16, 8, 8, 16, 4, 8, 8),
+        nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        Inception(40, 16, 8, 16, 4, 8, 8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(48, num_classes),
+    )
+
+
+def tiny_inception_v3(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """A stem, torchvision's InceptionA (four branches) and InceptionC (7x1/1x7 factorised convolutions)."""
+    from torchvision.models.inception import BasicConv2d, InceptionA, InceptionC
+
+    return nn.Sequential(
+        BasicConv2d(in_channels, 16, kernel_size=3, stride=2),
+        InceptionA(16, pool_features=8),  # 64 + 64 + 96 + 8 = 232 channels
+        nn.MaxPool2d(3, stride=2),
+        InceptionC(232, channels_7x7=16),  # 4 x 192 = 768 channels
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(768, num_classes),
+    )
+
+
+def tiny_resnext(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet with grouped bottlenecks (ResNeXt: 8 groups x 4 channels), one block per stage."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=num_classes, groups=8, width_per_group=4)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model

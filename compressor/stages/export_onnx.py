@@ -14,6 +14,7 @@ from compressor import __version__
 from compressor.artifacts import atomic_write
 from compressor.config import StageConfig
 from compressor.context import StageContext, StageOutput, load_model
+from compressor.converter_errors import failed_op, module_of_op
 from compressor.errors import ExportError, MissingExtraError
 from compressor.evaluation import task_of
 from compressor.metrics import predict
@@ -84,6 +85,12 @@ def export_to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, cf
         raise
     except Exception as err:  # noqa: BLE001 - exporters raise many types; report format and reason
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        op = failed_op(str(err))
+        if op is not None:
+            first = first.split(" Please feel free to request support")[0]  # torch.onnx's boilerplate
+            where = module_of_op(model, example, op)
+            first = (f"the exporter cannot handle operator aten::{op}{' in module ' + where if where else ''} "
+                     f"({first.rstrip('.')})")
         msg = (f"onnx export failed ({cfg.exporter} exporter, opset {cfg.opset}): {first}. "
                f"Try exporter: {'torchscript' if cfg.exporter == 'dynamo' else 'dynamo'} or another opset")
         raise ExportError(msg) from err
