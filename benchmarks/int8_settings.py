@@ -1,6 +1,6 @@
 """Sweep INT8 speed settings per runtime on one FP32 ONNX file, batch 1, 1 and 2 threads.
 
-    python benchmarks/int8_settings.py runs/ptq_r18   # uses the run's export_onnx output
+    python benchmarks/int8_settings.py runs/ptq_r18 [onnxruntime|openvino]   # the run's export_onnx output
 
 ONNX Runtime: QDQ vs QOperator, per-tensor vs per-channel, reduce_range on/off. OpenVINO: NNCF
 performance vs mixed preset, depthwise convolutions kept in float or not, LATENCY vs THROUGHPUT
@@ -28,6 +28,7 @@ def main() -> None:
     from compressor.quant.onnxruntime import OrtQuantOptions, quantize_ort
 
     run = Path(sys.argv[1])
+    only = sys.argv[2] if len(sys.argv) > 2 else None
     manifest = json.loads((run / "manifest.json").read_text())
     src_stage = next(s for s in manifest["stages"] if s["type"] == "export_onnx")
     src = run / next(f["path"] for f in src_stage["files"] if f["role"] == "model")
@@ -38,8 +39,9 @@ def main() -> None:
     rows = []
     base = {t: evaluate.latency_ms(evaluate.onnx_runner(src, t), sample)["median_ms"] for t in (1, 2)}
     rows.append({"runtime": "onnxruntime", "setting": "fp32", **{f"ms_{t}t": v for t, v in base.items()}})
+    ort_settings = [] if only == "openvino" else list(itertools.product(("qdq", "qoperator"), (False, True), (False, True)))
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt, per_channel, reduce in itertools.product(("qdq", "qoperator"), (False, True), (False, True)):
+        for fmt, per_channel, reduce in ort_settings:
             dst = Path(tmp) / f"{fmt}{per_channel}{reduce}.onnx"
             quantize_ort(src, dst, calib, OrtQuantOptions(quant_format=fmt), per_channel, reduce)
             ms = {t: evaluate.latency_ms(evaluate.onnx_runner(dst, t), sample)["median_ms"] for t in (1, 2)}
@@ -50,21 +52,22 @@ def main() -> None:
         from compressor.quant import openvino as ov_q
         from compressor.quant.plans import nncf_kwargs
 
-        model = ov_q.read_ov_model(src)
-        variants = {
-            "performance": nncf_kwargs("performance", "fast", 64, {}),
-            "mixed": nncf_kwargs("mixed", "fast", 64, {}),
-            "performance, depthwise float": nncf_kwargs("performance", "fast", 64, {"types": ["GroupConvolution"]}),
-        }
-        quantized = {name: ov_q.quantize_ov(model.clone(), calib, kw) for name, kw in variants.items()}
-        for hint in ("LATENCY", "THROUGHPUT"):
-            f = {t: evaluate.latency_ms(evaluate.openvino_runner(model, t, hint), sample)["median_ms"] for t in (1, 2)}
-            for name, q in quantized.items():
-                i = {t: evaluate.latency_ms(evaluate.openvino_runner(q, t, hint), sample)["median_ms"] for t in (1, 2)}
-                rows.append({"runtime": "openvino", "setting": f"{name} hint={hint}",
-                             **{f"fp32_ms_{t}t": f[t] for t in f}, **{f"ms_{t}t": i[t] for t in i},
-                             **{f"x_{t}t": round(f[t] / i[t], 2) for t in i}})
-                print(json.dumps(rows[-1]))
+        if only != "onnxruntime":
+            model = ov_q.read_ov_model(src)
+            variants = {
+                "performance": nncf_kwargs("performance", "fast", 64, {}),
+                "mixed": nncf_kwargs("mixed", "fast", 64, {}),
+                "performance, depthwise float": nncf_kwargs("performance", "fast", 64, {"types": ["GroupConvolution"]}),
+            }
+            quantized = {name: ov_q.quantize_ov(model.clone(), calib, kw) for name, kw in variants.items()}
+            for hint in ("LATENCY", "THROUGHPUT"):
+                f = {t: evaluate.latency_ms(evaluate.openvino_runner(model, t, hint), sample)["median_ms"] for t in (1, 2)}
+                for name, q in quantized.items():
+                    i = {t: evaluate.latency_ms(evaluate.openvino_runner(q, t, hint), sample)["median_ms"] for t in (1, 2)}
+                    rows.append({"runtime": "openvino", "setting": f"{name} hint={hint}",
+                                 **{f"fp32_ms_{t}t": f[t] for t in f}, **{f"ms_{t}t": i[t] for t in i},
+                                 **{f"x_{t}t": round(f[t] / i[t], 2) for t in i}})
+                    print(json.dumps(rows[-1]))
     from compressor.envinfo import cpu_info
 
     cpu = cpu_info()
