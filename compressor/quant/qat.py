@@ -146,8 +146,16 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
                 target = teacher(x)
             return kd_loss(model(x), target, y, cfg.qat.temperature, cfg.qat.alpha, opts.label_smoothing)
 
+    start_state = {k: v.detach().clone() for k, v in quantized.state_dict().items()}
     result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat")
     quantized.cpu().eval()
+    qat_top1 = evaluate.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
+    kept = "qat"
+    if qat_top1 < ptq_top1:
+        # Fine-tuning ended below its own starting point (NNCF's PTQ): keep the start, as a best-epoch
+        # selection that counts the start as epoch 0 would; the manifest says which was kept.
+        quantized.load_state_dict(start_state)
+        kept = "ptq start"
     example = torch.from_numpy(calib[:1])
     folded: dict[str, int] = {}
     if cfg.format == "onnx":
@@ -166,7 +174,8 @@ def run_qat(cfg: Any, ctx: Any, calib: np.ndarray, val: tuple[np.ndarray, np.nda
     int8_top1 = round(task.value(int8_logits, labels), 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
                 "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), **folded}
-    metrics = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "int8_top1": int8_top1,
+    metrics = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
+               "int8_top1": int8_top1,
                "drop": round(fp32_top1 - int8_top1, 3), "qat_best_val_top1": result.best_top1,
                "qat_history": result.history, "eval_images": len(images), "settings": settings,
                "top1_agreement" if not task.is_embedding else "cosine_agreement_pct":
