@@ -230,3 +230,25 @@ def test_stale_nncf_build_lock_is_cleared(tmp_path: Path) -> None:
     lib.touch()
     os.utime(lock, (1, 1))  # the lock predates the finished library
     assert clear_stale_locks(tmp_path) == [lock] and not lock.exists()
+
+
+def test_float_depthwise_auto_follows_the_int8_dot_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenVINO keeps depthwise convolutions float only where oneDNN lacks VNNI (or is capped below it)."""
+    import platform
+
+    from compressor.quant import evaluate
+    from compressor.stages.quantize import resolve_float_depthwise
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(evaluate, "cpu_has_vnni", lambda: True)
+    assert resolve_float_depthwise("auto") is False and resolve_float_depthwise(True) is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert resolve_float_depthwise("auto") is True
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert resolve_float_depthwise("auto") is False
+    monkeypatch.setattr(evaluate, "cpu_has_vnni", lambda: False)
+    assert resolve_float_depthwise("auto") is True and resolve_float_depthwise(False) is False
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert resolve_float_depthwise("auto") is False

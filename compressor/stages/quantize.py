@@ -59,6 +59,9 @@ class QuantizeConfig(StageConfig):
     ignored_scope: IgnoredScope = IgnoredScope()
     ort: OrtQuantOptions = OrtQuantOptions()
     float_io: bool = Field(False, description="TFLite: float input/output (int8 inside); else int8 I/O.")
+    float_depthwise: bool | Literal["auto"] = Field(
+        "auto", description="OpenVINO: keep depthwise convolutions in float; auto: on x86 without VNNI, where "
+        "oneDNN's INT8 depthwise kernels are slower than float (see README).")
     ov_hint: Literal["LATENCY", "THROUGHPUT"] = Field("LATENCY", description="OpenVINO performance hint.")
     eval_images: int | None = Field(1000, ge=1, description="Validation images that judge INT8 against FP32.")
     min_agreement: float = Field(90.0, ge=0, le=100, description="Least top-1 agreement with FP32, percent.")
@@ -131,6 +134,22 @@ def _source_file(ctx: StageContext, cfg: QuantizeConfig) -> Path:
                                "give a model or onnx artifact as input")
 
 
+def resolve_float_depthwise(option: bool | str) -> bool:
+    """``auto``: float depthwise only where oneDNN has no 8-bit dot product (x86 without VNNI, or a
+    ``ONEDNN_MAX_CPU_ISA`` cap below it)."""
+    if option != "auto":
+        return bool(option)
+    import os
+    import platform
+
+    from compressor.quant.evaluate import cpu_has_vnni
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return not cpu_has_vnni() or cap in ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
 def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_hint: bool | None = None) -> Any:
     from compressor.quant import plans
     from compressor.quant.evaluate import cpu_has_vnni
@@ -150,8 +169,11 @@ def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_h
             n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
             for n in onnx.load(str(src)).graph.node)
     bias = cfg.bias_correction if cfg.bias_correction != "auto" else ("full" if depthwise else "fast")
+    ignored = cfg.ignored_scope.model_dump()
+    if cfg.format == "openvino" and depthwise and resolve_float_depthwise(cfg.float_depthwise):
+        ignored["types"] = sorted({*ignored["types"], "GroupConvolution"})
     nncf_args = plans.nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
-                                  cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
+                                  ignored, per_tensor_activations=cfg.format == "onnx")
     if cfg.format == "openvino":
         return plans.OpenVinoPlan(src, work, calib, nncf_args, ctx.threads, cfg.ov_hint)
     per_channel = cfg.per_channel if cfg.per_channel != "auto" else bool(depthwise)
