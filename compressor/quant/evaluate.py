@@ -58,13 +58,15 @@ def openvino_runner(model: Any, threads: int, hint: str = "LATENCY", perf_counte
     import openvino as ov
 
     if isinstance(model, ov.CompiledModel):
+        from compressor.verify import run_batched
+
         request = model.create_infer_request()
-        step = 1 if model.input(0).get_partial_shape()[0].is_static else None
+        first = model.input(0).get_partial_shape()[0]
+        fixed = (first.get_length(),) if first.is_static else None
 
         def run_compiled(batch: np.ndarray) -> np.ndarray:
-            chunks = [batch[i : i + step] for i in range(len(batch))] if step else [batch]
-            return np.concatenate([np.asarray(request.infer({0: np.ascontiguousarray(c, np.float32)})[0],
-                                              np.float32) for c in chunks])
+            return run_batched(lambda x: np.asarray(request.infer({0: np.ascontiguousarray(x, np.float32)})[0],
+                                                    np.float32), batch, fixed)
 
         run_compiled.request = request  # type: ignore[attr-defined]
         return run_compiled

@@ -139,15 +139,15 @@ def resolve_float_depthwise(option: bool | str) -> bool:
     ``ONEDNN_MAX_CPU_ISA`` cap below it)."""
     if option != "auto":
         return bool(option)
-    import os
     import platform
 
+    from compressor.envinfo import cpu_info
     from compressor.quant.evaluate import cpu_has_vnni
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    return not cpu_has_vnni() or cap in ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+    caps = {v.upper() for v in cpu_info()["isa_caps"].values()}
+    return not cpu_has_vnni() or bool(caps & {"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 
 
 def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_hint: bool | None = None) -> Any:
