@@ -3,7 +3,7 @@
 
     python benchmarks/bench_int8.py runs/ptq_r18 [--budget 2] [--profile]
 
-Latency is measured here with the helpers in compressor.quant.evaluate (perf_counter_ns, warm-up,
+Latency is measured here with the helpers in compressor.quant.runners (perf_counter_ns, warm-up,
 median of at least 30 runs within a time budget). Results go to <run>/int8_bench.json and .md.
 """
 
@@ -31,8 +31,8 @@ def _fp32_tflite(run: Path, manifest: dict[str, Any], stage: dict[str, Any]) -> 
     """The FP32 flatbuffer of the stage's source PyTorch model, converted with litert-torch."""
     import torch
 
-    from compressor.models import load_model_artifact
     from compressor.quant.tflite import convert_fp32
+    from compressor.train.models import load_model_artifact
 
     src = stage["artifact"]["meta"]["source_model"]
     weights = run / next(f["path"] for s in manifest["stages"] if s["key"] == src["id"]

@@ -16,21 +16,21 @@ from typing import Any
 
 import torch
 
-from compressor.backends import RuntimeOptions, get_backend
-from compressor.config import ModelSource
-from compressor.envinfo import cpu_info
+from compressor.core.config import ModelSource
 from compressor.errors import CompressorError
-from compressor.measure import measure_latency
-from compressor.models import build_from_meta, model_meta
-from compressor.pruning import PruneOptions, prune_model
-from compressor.stages.export_onnx import ExportOnnxConfig, export_to_onnx
+from compressor.export.onnx import export_to_onnx
+from compressor.runtime.backends import RuntimeOptions, get_backend
+from compressor.runtime.envinfo import cpu_info
+from compressor.runtime.measure import measure_latency
+from compressor.train.models import build_from_meta, model_meta
+from compressor.train.pruning import PruneOptions, prune_model
 
 ARCHS = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
          "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "densenet121", "efficientnet_b0", "tests.tinynet:tiny_cnn"]
 
 
 def ort_latency(model: torch.nn.Module, x: torch.Tensor, path: Path, threads: int, budget: float) -> dict[str, Any]:
-    export_to_onnx(model, x, path, ExportOnnxConfig(name="bench", exporter="torchscript", opset=17), {})
+    export_to_onnx(model, x, path, {}, exporter="torchscript", opset=17)
     session = get_backend("onnxruntime").load(path, {}, RuntimeOptions(threads=threads))
     sample = x.numpy()
     return measure_latency(lambda: session.run(sample), warmup=5, min_iters=20, time_budget_s=budget,

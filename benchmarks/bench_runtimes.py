@@ -27,16 +27,16 @@ import numpy as np
 import torch
 import torchvision
 
-from compressor.backends import RuntimeOptions, available_backends, get_backend
-from compressor.envinfo import cpu_info
-from compressor.measure import measure_latency
+from compressor.runtime.backends import RuntimeOptions, available_backends, get_backend
+from compressor.runtime.envinfo import cpu_info
+from compressor.runtime.measure import measure_latency
 
 
 def export_all(model: torch.nn.Module, folder: Path, x: torch.Tensor,
                formats: list[str]) -> list[tuple[str, str, str, Path]]:
     """(format, precision, backend, path) of every file of ``formats`` exported for ``model`` into ``folder``."""
-    from compressor.stages.export_openvino import convert_to_openvino, save_openvino
-    from compressor.stages.export_tflite import convert_to_tflite, write_tflite
+    from compressor.export.openvino import convert_to_openvino, save_openvino
+    from compressor.export.tflite import convert_to_tflite, write_tflite
 
     files = []
     backends = available_backends()

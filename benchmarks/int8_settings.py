@@ -68,7 +68,7 @@ def main() -> None:
                                  **{f"fp32_ms_{t}t": f[t] for t in f}, **{f"ms_{t}t": i[t] for t in i},
                                  **{f"x_{t}t": round(f[t] / i[t], 2) for t in i}})
                     print(json.dumps(rows[-1]))
-    from compressor.envinfo import cpu_info
+    from compressor.runtime.envinfo import cpu_info
 
     cpu = cpu_info()
     caps = "".join(f"-{v}" for v in cpu["isa_caps"].values()).lower()

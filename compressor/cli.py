@@ -54,10 +54,10 @@ def cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _summary_line(record: dict) -> str:
-    from compressor.report import _headline
+    from compressor.report.render import headline
 
     when = "reused" if record["reused"] else f"{record['seconds']:.1f} s"
-    return f"  {record['name']:18} {record['type']:14} {when:>9}  {_headline(record)}"
+    return f"  {record['name']:18} {record['type']:14} {when:>9}  {headline(record)}"
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
@@ -84,7 +84,7 @@ def launch_torchrun(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from compressor.distributed import from_env
+    from compressor.core.distributed import from_env
     from compressor.engine import run_recipe
     from compressor.recipe import load_recipe
 
@@ -114,9 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
     """A recipe with gates gets the gate table after a run too; only ``release`` acts on it."""
-    from compressor.artifacts import write_json, write_text
-    from compressor.gates import evaluate_gates, gate_table, summary
-    from compressor.release import artifact_sizes, benchmark_rows
+    from compressor.core.artifacts import write_json, write_text
+    from compressor.release.bundle import artifact_sizes, benchmark_rows
+    from compressor.release.gates import evaluate_gates, gate_table, summary
 
     stages = manifest["stages"]
     assert recipe.gates is not None
@@ -130,9 +130,9 @@ def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from compressor.errors import GateFailed
-    from compressor.gates import gate_table, summary
     from compressor.recipe import load_recipe
-    from compressor.release import make_release
+    from compressor.release.gates import gate_table, summary
+    from compressor.releasing import make_release
 
     recipe = load_recipe(Path(args.recipe))
     result = make_release(
@@ -153,7 +153,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from compressor.bundle_verify import verify_bundle
+    from compressor.release.verify import verify_bundle
 
     report = verify_bundle(Path(args.bundle), data_path=Path(args.data) if args.data else None,
                            tolerance=args.tolerance, threads=args.threads, accuracy=not args.hashes_only,
@@ -166,7 +166,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from compressor.report import write_report
+    from compressor.report.render import write_report
 
     path = write_report(Path(args.run_dir), Path(args.baseline) if args.baseline else None, args.budget,
                         args.latency_tolerance, args.accuracy_tolerance)
@@ -181,14 +181,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _targets_from(args: argparse.Namespace) -> list:
-    from compressor.targets import parse_target
+    from compressor.runtime.targets import parse_target
 
     targets = [parse_target(spec) for spec in args.target or []]
     if args.targets_file:
         import yaml
         from pydantic import TypeAdapter, ValidationError
 
-        from compressor.targets import TargetConfig
+        from compressor.runtime.targets import TargetConfig
 
         path = Path(args.targets_file)
         if not path.is_file():
@@ -206,7 +206,7 @@ def _targets_from(args: argparse.Namespace) -> list:
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from compressor.bench_external import run_bench
+    from compressor.runtime.foreign import run_bench
 
     preprocess = None
     if args.preprocess:

@@ -13,7 +13,7 @@ finished, so a run killed at any moment never leaves a half-written stage that l
 
 Under ``torchrun`` every rank runs the engine; rank 0 alone locks the folder and writes the cache,
 the manifest and the report, and only stages marked ``distributed`` run on the other ranks too
-(see :mod:`compressor.distributed`).
+(see :mod:`compressor.core.distributed`).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from typing import Any
 import torch
 
 from compressor import __version__
-from compressor.artifacts import Artifact, sha256_file, stable_hash, write_json
-from compressor.context import StageContext, StageOutput
-from compressor.data import DataModule, load_data
-from compressor.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
-from compressor.envinfo import environment
+from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_json
+from compressor.core.context import StageContext, StageOutput, TaskSpec
+from compressor.core.data import DataModule, load_data
+from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
 from compressor.errors import CompressorError, RunLockedError, StageError
-from compressor.models import build_model, load_state, model_meta, read_state_dict
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
+from compressor.runtime.envinfo import environment
+from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 1
@@ -142,6 +142,7 @@ class Engine:
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None):
         self.recipe = recipe
+        self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
         self.log = log if self.dist.is_main else (lambda _m: None)
@@ -204,8 +205,6 @@ class Engine:
         return self.recipe.model.in_channels or self.recipe.data.preprocess.channels
 
     def _run_source(self, ctx: StageContext) -> StageOutput:
-        from compressor.context import save_model
-
         src = self.recipe.model
         torch.manual_seed(self.recipe.seed)
         model = build_model(src, self._classes(), self._in_channels())
@@ -213,17 +212,17 @@ class Engine:
             load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
         meta = model_meta(src, self._classes(), self._in_channels())
         if self.recipe.task == "embedding":
-            from compressor.embedding import embedding_net, embedding_spec
+            from compressor.train.embedding import embedding_net, embedding_spec
 
             meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
             model = embedding_net(model, meta["embedding"])
-        return StageOutput(save_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
+        return StageOutput(save_stage_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
 
     # -- running ------------------------------------------------------------------------------
     def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any],
                  distributed: bool = False) -> StageContext:
         ctx = StageContext(
-            name=name, key=key, recipe=self.recipe, out_dir=tmp, work_dir=self.cache_root / f"{key}.work",
+            name=name, key=key, task=self.task, out_dir=tmp, work_dir=self.cache_root / f"{key}.work",
             cache_root=self.cache_root, inputs=inputs, refs=refs, data_loader=self.data, device=self.device,
             threads=self.threads, seed=self.recipe.seed, log=self.log,
             dist=self.dist if distributed else SINGLE,
@@ -337,7 +336,7 @@ class Engine:
         return path
 
     def run(self) -> RunResult:
-        from compressor.report import write_report
+        from compressor.report.render import write_report
 
         main = self.dist.is_main
         with process_group(self.dist, self.device), \

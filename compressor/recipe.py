@@ -10,11 +10,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from compressor.card import CardConfig
-from compressor.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
+from compressor.core.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
 from compressor.errors import Problem, RecipeError, did_you_mean
-from compressor.gates import GATE_TYPES, GateSet, reference_problems
 from compressor.registry import STAGES, StageEntry
+from compressor.release.card import CardConfig
+from compressor.release.gates import GATE_TYPES, GateSet, reference_problems
 
 SOURCE_STAGE = "model"
 
@@ -276,8 +276,8 @@ def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
                         f"{' or '.join(stage.entry.accepts)}",
                     ))
     if settings.gates is not None:
-        from compressor.artifacts import KINDS
-        from compressor.backends import BACKENDS
+        from compressor.core.artifacts import KINDS
+        from compressor.runtime.backends import BACKENDS
 
         measured_by: dict[str, list[str]] = {}
         for stage in stages:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compressor.config import StageConfig
-from compressor.context import StageContext, StageOutput
+from compressor.core.config import StageConfig
+from compressor.core.context import StageContext, StageOutput
 from compressor.errors import did_you_mean
 from compressor.stages import (
     benchmark,
@@ -42,7 +42,7 @@ class StageEntry:
         needs_data: whether it reads the data set.
         timing: whether its results depend on thread count (so the count joins its cache key).
         extras: pip extras it needs.
-        distributed: whether it trains with :func:`compressor.training.fit`; under ``torchrun`` such
+        distributed: whether it trains with :func:`compressor.train.fit.fit`; under ``torchrun`` such
             a stage runs on every rank (DDP), every other stage on rank 0 alone.
     """
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from compressor.data import FASHION_MNIST_DIR
+from compressor.core.data import FASHION_MNIST_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 

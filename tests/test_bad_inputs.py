@@ -290,7 +290,7 @@ def test_disk_full_while_writing_an_artifact(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_disk_full_in_an_atomic_write_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import compressor.artifacts as artifacts
+    import compressor.core.artifacts as artifacts
     from compressor.errors import CompressorError
 
     def fsync(_fd: int) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compressor.config import DataConfig
-from compressor.data import load_data, read_idx
+from compressor.core.config import DataConfig
+from compressor.core.data import load_data, read_idx
 from compressor.errors import DataError
 from tests.conftest import make_image_folder, needs_fmnist
 

@@ -12,9 +12,9 @@ import torch
 
 from compressor.engine import run_recipe
 from compressor.errors import RecipeError, StageError
-from compressor.losses import dkd_loss, hint_loss
-from compressor.models import load_model_artifact
 from compressor.recipe import validate_document
+from compressor.train.losses import dkd_loss, hint_loss
+from compressor.train.models import load_model_artifact
 from tests.conftest import needs_fmnist
 
 

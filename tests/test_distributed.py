@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from compressor.distributed import DistInfo, from_env
+from compressor.core.distributed import DistInfo, from_env
 from compressor.engine import run_recipe
 from compressor.recipe import load_recipe
 from tests.conftest import PYTHON, needs_fmnist, write_recipe

@@ -13,16 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.config import EmbeddingConfig, EmbeddingLoss
-from compressor.data import PKBatchSampler
-from compressor.embedding import EmbeddingNet, MarginHead, embedding_net, embedding_spec
+from compressor.core.config import EmbeddingConfig, EmbeddingLoss
+from compressor.core.data import PKBatchSampler
 from compressor.errors import RecipeError
-from compressor.evaluation import Task
-from compressor.gates import GateSet, evaluate_gates
-from compressor.losses import embedding_distill_loss, relational_loss, triplet_batch_hard
-from compressor.models import build_from_meta
-from compressor.recipe import validate_document
-from compressor.retrieval import (
+from compressor.metrics.evaluation import Task
+from compressor.metrics.retrieval import (
     average_precision,
     cosine_agreement,
     distances,
@@ -30,6 +25,11 @@ from compressor.retrieval import (
     ranked_matches,
     retrieval_metrics,
 )
+from compressor.recipe import validate_document
+from compressor.release.gates import GateSet, evaluate_gates
+from compressor.train.embedding import EmbeddingNet, MarginHead, embedding_net, embedding_spec
+from compressor.train.losses import embedding_distill_loss, relational_loss, triplet_batch_hard
+from compressor.train.models import build_from_meta
 from tests.conftest import TINY_RECIPE, needs_fmnist
 from tests.tinynet import tiny_cnn
 
@@ -261,10 +261,11 @@ def _tiny_embedding_recipe(tmp_path: Path) -> dict[str, Any]:
 
 @needs_fmnist
 def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
-    from compressor.bundle_verify import verify_bundle
     from compressor.engine import run_recipe
-    from compressor.gates import GateSet as Gates
-    from compressor.release import benchmark_rows, make_release
+    from compressor.release.bundle import benchmark_rows
+    from compressor.release.gates import GateSet as Gates
+    from compressor.release.verify import verify_bundle
+    from compressor.releasing import make_release
 
     recipe = validate_document(_tiny_embedding_recipe(tmp_path))
     result = run_recipe(recipe, log=lambda _m: None, show_progress=False)
@@ -316,8 +317,8 @@ def test_tiny_embedding_recipe_end_to_end(tmp_path: Path) -> None:
 
 
 def test_open_set_validation_identities(tmp_path: Path) -> None:
-    from compressor.config import DataConfig
-    from compressor.data import load_data
+    from compressor.core.config import DataConfig
+    from compressor.core.data import load_data
     from compressor.errors import DataError
     from tests.conftest import make_image_folder
 

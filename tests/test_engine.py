@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from compressor.artifacts import sha256_file
+from compressor.core.artifacts import sha256_file
 from compressor.engine import output_lock, run_recipe
 from compressor.errors import RunLockedError, StageError
 from compressor.recipe import validate_document
@@ -87,7 +87,7 @@ def test_exception_keeps_finished_stages(tiny_recipe: dict[str, Any], monkeypatc
 
 def test_stage_error_names_stage_and_keeps_artifacts(tiny_recipe: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import compressor.stages.export_onnx as export_onnx
-    from compressor.verify import check_agreement
+    from compressor.export.agreement import check_agreement
 
     def strict(fmt: str, precision: str, cand: Any, ref: Any, _min: float, *_task: Any) -> Any:
         return check_agreement(fmt, precision, cand[:, ::-1], ref, 99.9)

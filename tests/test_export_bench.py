@@ -12,9 +12,9 @@ import pytest
 
 from compressor.engine import run_recipe
 from compressor.errors import ExportError
-from compressor.measure import latency_stats, measure_latency
+from compressor.export.agreement import check_agreement, run_batched
 from compressor.recipe import validate_document
-from compressor.verify import check_agreement, run_batched
+from compressor.runtime.measure import latency_stats, measure_latency
 from tests.conftest import needs_fmnist
 
 ROW_FIELDS = {

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.backends import BACKENDS, RuntimeOptions, _installed, available_backends, get_backend
-from compressor.backends.litert_backend import quantize
 from compressor.engine import run_recipe
 from compressor.errors import ExportError, MissingExtraError, StageError
-from compressor.models import load_model_artifact
+from compressor.export.agreement import verify_artifact
+from compressor.export.tflite_metadata import embed_metadata, read_metadata
 from compressor.recipe import validate_document
-from compressor.tflite_metadata import embed_metadata, read_metadata
-from compressor.verify import verify_artifact
+from compressor.runtime.backends import BACKENDS, RuntimeOptions, _installed, available_backends, get_backend
+from compressor.runtime.backends.litert import quantize
+from compressor.train.models import load_model_artifact
 from tests.conftest import needs_fmnist
 from tests.test_export_bench import ROW_FIELDS
 from tests.tinynet import tiny_cnn_histc
@@ -133,8 +133,8 @@ def with_external_buffer(model_bytes: bytes) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["openvino", "tflite"])
 def test_converter_failure_names_format_op_and_module(fmt: str) -> None:
-    from compressor.stages.export_openvino import convert_to_openvino
-    from compressor.stages.export_tflite import convert_to_tflite
+    from compressor.export.openvino import convert_to_openvino
+    from compressor.export.tflite import convert_to_tflite
 
     model = tiny_cnn_histc().eval()
     example = torch.randn(1, 1, 28, 28)

@@ -10,9 +10,9 @@ import pytest
 
 from compressor.cli import main
 from compressor.errors import CompressorError, RecipeError
-from compressor.gates import GateSet, evaluate_gates, gate_table
 from compressor.recipe import json_schema, load_recipe, validate_document
-from compressor.release import make_release
+from compressor.release.gates import GateSet, evaluate_gates, gate_table
+from compressor.releasing import make_release
 from tests.conftest import TINY_RECIPE, write_recipe
 
 GOOD_GATES: dict[str, Any] = {"teacher": "teacher", "checks": [

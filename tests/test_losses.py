@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from compressor.losses import kd_loss
+from compressor.train.losses import kd_loss
 
 
 def test_kd_loss_is_cross_entropy_when_alpha_zero_and_zero_kl_on_match() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.config import ModelSource
+from compressor.core.config import ModelSource
 from compressor.errors import CheckpointError, ModelSourceError
-from compressor.models import (
+from compressor.train.models import (
     build_from_meta,
     build_model,
     load_state,

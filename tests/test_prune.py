@@ -12,14 +12,20 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.config import ModelSource
+from compressor.core.config import ModelSource
 from compressor.engine import run_recipe
 from compressor.errors import PruningError
-from compressor.metrics import count_macs
-from compressor.models import build_from_meta, load_model_artifact, model_meta, save_model, structure_of
-from compressor.pruning import PruneOptions, prune_model
+from compressor.export.onnx import export_to_onnx
+from compressor.metrics.classification import count_macs
 from compressor.recipe import validate_document
-from compressor.stages.export_onnx import ExportOnnxConfig, export_to_onnx
+from compressor.train.models import (
+    build_from_meta,
+    load_model_artifact,
+    model_meta,
+    structure_of,
+    write_weights,
+)
+from compressor.train.pruning import PruneOptions, prune_model
 from tests.conftest import needs_fmnist
 
 TINY = ModelSource(entry_point="tests.tinynet:tiny_cnn", kwargs={"width": 16})
@@ -61,7 +67,7 @@ def _prune_reload_export(source: ModelSource, tmp_path: Path, opts: PruneOptions
 
     # Reload from JSON metadata and a weights-only state dict: no pickled class involved.
     pruned_meta = json.loads(json.dumps({**meta, "structure": structure_of(model, build_from_meta(meta))}))
-    save_model(model, tmp_path / "pruned.pt")
+    write_weights(model, tmp_path / "pruned.pt")
     rebuilt = load_model_artifact(pruned_meta, tmp_path / "pruned.pt")
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(example), expected, rtol=1e-4, atol=1e-4)
@@ -69,8 +75,7 @@ def _prune_reload_export(source: ModelSource, tmp_path: Path, opts: PruneOptions
     import onnxruntime as ort
 
     path = tmp_path / "pruned.onnx"
-    cfg = ExportOnnxConfig(name="onnx", exporter=exporter, opset=17 if exporter == "torchscript" else 18)
-    export_to_onnx(rebuilt, example[:1], path, cfg, {})
+    export_to_onnx(rebuilt, example[:1], path, {}, exporter=exporter, opset=17 if exporter == "torchscript" else 18)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": example.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-3, atol=1e-3)
@@ -203,7 +208,7 @@ def test_prune_stage_in_a_recipe(tiny_recipe: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("method", ["group_norm", "bn_l1"])
 def test_sparsity_regularizer_terms(method: str) -> None:
-    from compressor.pruning import ChannelPruner
+    from compressor.train.pruning import ChannelPruner
 
     model = build_from_meta(model_meta(TINY, 10, 3))
     pruner = ChannelPruner(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, importance="l2"),

@@ -192,8 +192,8 @@ def _fake_quant_conv_bn(path: Path, gamma: np.ndarray) -> None:
 
 def test_qat_onnx_fold_is_exact_and_fuses(tmp_path: Path) -> None:
     """Weight Q/DQ becomes an int8 initializer and BN (a negative gamma included) folds in exactly."""
-    from compressor.quant.evaluate import onnx_runner
     from compressor.quant.onnx_fold import fold_qat_onnx
+    from compressor.quant.runners import onnx_runner
 
     src, dst = tmp_path / "fq.onnx", tmp_path / "folded.onnx"
     _fake_quant_conv_bn(src, np.array([1.5, -0.7, 0.3, -2.0]))
@@ -236,7 +236,7 @@ def test_float_depthwise_auto_follows_the_int8_dot_product(monkeypatch: pytest.M
     """OpenVINO keeps depthwise convolutions float only where oneDNN lacks VNNI (or is capped below it)."""
     import platform
 
-    from compressor.quant import evaluate
+    from compressor.quant import runners as evaluate
     from compressor.stages.quantize import resolve_float_depthwise
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")

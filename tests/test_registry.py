@@ -5,9 +5,9 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from compressor.backends import BACKENDS, get_backend
 from compressor.errors import BackendError
 from compressor.registry import STAGES, UnknownStageType, get_stage
+from compressor.runtime.backends import BACKENDS, get_backend
 
 
 @pytest.mark.parametrize("stage_type", sorted(STAGES))

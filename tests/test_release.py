@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from compressor.bundle_verify import verify_bundle
 from compressor.cli import main
 from compressor.errors import VerifyFailed
+from compressor.release.verify import verify_bundle
 from tests.conftest import TINY_RECIPE, needs_fmnist, write_recipe
 
 pytestmark = [needs_fmnist, pytest.mark.integration]
@@ -127,8 +127,8 @@ def test_verify_names_the_extra_of_a_missing_backend(released: tuple[Path, Path]
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from compressor.backends import BACKENDS
     from compressor.errors import CompressorError
+    from compressor.runtime.backends import BACKENDS
 
     entry = BACKENDS["onnxruntime"]
     monkeypatch.setitem(BACKENDS, "onnxruntime", dataclasses.replace(entry, requires="no_such_runtime_module"))

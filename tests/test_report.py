@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from compressor.errors import CompressorError
-from compressor.report import write_report
-from compressor.report_plots import pareto
+from compressor.report.plots import pareto
+from compressor.report.render import write_report
 from tests.conftest import PYTHON, needs_fmnist
 
 
@@ -125,7 +125,7 @@ def test_bench_command_on_an_external_file(tmp_path: Path, cli_env: dict[str, st
 
 def test_cpu_info_records_features_and_isa_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reports say whether INT8 had a dot-product instruction, and whether a runtime's ISA was capped."""
-    from compressor.envinfo import cpu_info
+    from compressor.runtime.envinfo import cpu_info
 
     fake = tmp_path / "cpuinfo"
     fake.write_text("model name\t: Some CPU\nflags\t\t: sse4_2 avx2 fma avx512f\n")

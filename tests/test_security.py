@@ -170,7 +170,7 @@ def test_yaml_tags_build_no_python_objects(tmp_path: Path, capsys: pytest.Captur
 
 def test_ssh_commands_are_argument_lists_with_remote_paths_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hostile device answer (a temp folder name with a space and a ';') and an odd python path stay data."""
-    from compressor.targets import Job, JobArtifact, SshTarget, ssh
+    from compressor.runtime.targets import Job, JobArtifact, SshTarget, ssh
 
     remote = "/tmp/compressor-bench.x y;touch pwned"
     calls: list[list[str]] = []

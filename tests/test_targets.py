@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compressor.errors import CompressorError
-from compressor.targets import (
+from compressor.runtime.targets import (
     EmulatedTarget,
     Job,
     JobArtifact,
@@ -19,8 +19,8 @@ from compressor.targets import (
     parse_target,
     run_targets,
 )
-from compressor.targets.cuda import CudaTarget, cuda_absent_reason
-from compressor.targets.emulated import rootfs_problem
+from compressor.runtime.targets.cuda import CudaTarget, cuda_absent_reason
+from compressor.runtime.targets.emulated import rootfs_problem
 from tests.sshd import SshServer, needs_sshd, ssh_server_fixture  # noqa: F401 - the ssh_server fixture
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +119,7 @@ def test_int8_onnx_and_tflite_agree_between_x86_and_emulated_arm64(tmp_path: Pat
     INT8 kernels round differently across architectures, so a few near-ties may flip. Tolerance:
     at least 97% of images get the same top-1, and top-1 accuracy differs by at most 2 points."""
     pytest.importorskip("litert_torch")
-    from compressor.data import FASHION_MNIST_DIR, read_idx
+    from compressor.core.data import FASHION_MNIST_DIR, read_idx
     from tests.int8_artifacts import fit_tiny, onnx_int8, tflite_int8
 
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
@@ -147,8 +147,7 @@ def test_int8_onnx_and_tflite_agree_between_x86_and_emulated_arm64(tmp_path: Pat
 
 
 def test_a_target_can_score_an_even_subset(tmp_path: Path) -> None:
-    from compressor.targets import subset
-    from compressor.targets.stage_rows import target_row
+    from compressor.runtime.targets import subset, target_row
 
     assert subset(10, 3).tolist() == [0, 4, 9] and subset(3, None).tolist() == [0, 1, 2]
     images, labels = _data(40)

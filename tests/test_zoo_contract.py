@@ -22,10 +22,16 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.config import ModelSource
+from compressor.core.config import ModelSource
 from compressor.errors import ExportError
-from compressor.models import build_from_meta, load_model_artifact, model_meta, save_model, structure_of
-from compressor.pruning import PruneOptions, prune_model
+from compressor.train.models import (
+    build_from_meta,
+    load_model_artifact,
+    model_meta,
+    structure_of,
+    write_weights,
+)
+from compressor.train.pruning import PruneOptions, prune_model
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ def pruned(name: str, root: Path) -> Pruned:
     folder = root / name
     folder.mkdir()
     pruned_meta = json.loads(json.dumps({**meta, "structure": structure_of(model, build_from_meta(meta))}))
-    save_model(model, folder / "pruned.pt")
+    write_weights(model, folder / "pruned.pt")
     rebuilt = load_model_artifact(pruned_meta, folder / "pruned.pt")
     with torch.no_grad():
         reference = rebuilt(images)
@@ -218,19 +224,18 @@ def export(p: Pruned, step: str) -> Path:
     if step in p.files:
         return p.files[step]
     if step in ("onnx", "onnx-torchscript"):
-        from compressor.stages.export_onnx import ExportOnnxConfig, export_to_onnx
+        from compressor.export.onnx import export_to_onnx
 
         exporter = "torchscript" if step == "onnx-torchscript" else "dynamo"
         path = p.folder / f"{step}.onnx"
-        cfg = ExportOnnxConfig(name="onnx", exporter=exporter, opset=17 if exporter == "torchscript" else 18)
-        export_to_onnx(p.model, p.example, path, cfg, {})
+        export_to_onnx(p.model, p.example, path, {}, exporter=exporter, opset=17 if exporter == "torchscript" else 18)
     elif step == "openvino":
-        from compressor.stages.export_openvino import convert_to_openvino, save_openvino
+        from compressor.export.openvino import convert_to_openvino, save_openvino
 
         path = p.folder / "model.xml"
         save_openvino(convert_to_openvino(p.model, p.example, dynamic_batch=True), path, "fp32", {})
     else:
-        from compressor.stages.export_tflite import convert_to_tflite, write_tflite
+        from compressor.export.tflite import convert_to_tflite, write_tflite
 
         path = p.folder / "model.tflite"
         write_tflite(path, convert_to_tflite(p.model, p.example, "fp32", "NCHW"), {})
@@ -242,7 +247,7 @@ def quantize(p: Pruned, step: str) -> Path:
     """INT8 through the quantize stage's modules: ORT quantize_static, nncf.quantize, litert-torch PT2E."""
     if step == "onnx-int8":
         from compressor.quant import onnxruntime as q
-        from compressor.quant.evaluate import cpu_has_vnni
+        from compressor.quant.runners import cpu_has_vnni
 
         src = q.preprocess_onnx(export(p, "onnx"), p.folder / "preprocessed.onnx")
         path = p.folder / "int8.onnx"
@@ -266,8 +271,8 @@ _BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
 
 
 def run(path: Path, fmt: str, images: np.ndarray) -> np.ndarray:
-    from compressor.backends import RuntimeOptions, get_backend
-    from compressor.verify import run_batched
+    from compressor.export.agreement import run_batched
+    from compressor.runtime.backends import RuntimeOptions, get_backend
 
     meta = {"format": fmt, "layout": "NCHW"}
     session = get_backend(_BACKEND[fmt]).load(path, meta, RuntimeOptions(threads=1))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import AccuracyGoalError
-from compressor.quant.evaluate import Scorer, top1
+from compressor.quant.runners import Scorer, top1
 from compressor.quant.sensitivity import QuantizeFn
 
 

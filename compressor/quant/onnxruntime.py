@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from compressor.config import Strict
+from compressor.core.config import Strict
 
 QUANTIZABLE_ONNX_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
@@ -113,7 +113,7 @@ def quantize_onnx_nncf_ac(src: Path, dst: Path, calib: np.ndarray, val: tuple[np
     import nncf
     import onnx
 
-    from compressor.quant.evaluate import onnx_runner, top1
+    from compressor.quant.runners import onnx_runner, top1
 
     model = onnx.load(str(src))
     name = model.graph.input[0].name
@@ -133,7 +133,7 @@ def op_profile(model: Path, sample: np.ndarray, threads: int, runs: int = 50) ->
     """Per-operator time (microseconds per run) from ONNX Runtime's profiler, slowest first."""
     import json
 
-    from compressor.quant.evaluate import onnx_runner
+    from compressor.quant.runners import onnx_runner
 
     with tempfile.TemporaryDirectory() as tmp:
         run = onnx_runner(model, threads, profile_prefix=str(Path(tmp) / "ort"))

@@ -54,7 +54,7 @@ def quantize_ov_ac(model: Any, calib: np.ndarray, val: tuple[np.ndarray, np.ndar
     model on CPU."""
     import nncf
 
-    from compressor.quant.evaluate import openvino_runner, top1
+    from compressor.quant.runners import openvino_runner, top1
 
     images, labels = val
 
@@ -77,7 +77,7 @@ def _merge_ignored(scope: Any, names: Sequence[str]) -> Any:
 
 def perf_counters(model: Any, sample: np.ndarray, threads: int, runs: int = 50) -> list[dict[str, Any]]:
     """Per-layer CPU time (microseconds per run) with the kernel OpenVINO chose, slowest first."""
-    from compressor.quant.evaluate import openvino_runner
+    from compressor.quant.runners import openvino_runner
 
     run = openvino_runner(model, threads, perf_counters=True)
     totals: dict[tuple[str, str, str], float] = {}

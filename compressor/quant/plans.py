@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.quant import evaluate
+from compressor.quant import runners
 
 
 class Plan(Protocol):
@@ -20,11 +20,11 @@ class Plan(Protocol):
 
     def layers(self) -> list[str]: ...
     def depthwise(self) -> bool: ...
-    def fp32_runner(self) -> evaluate.Runner: ...
+    def fp32_runner(self) -> runners.Runner: ...
     def quantize(self, exclude: Sequence[str]) -> Path: ...
-    def runner(self, candidate: Path) -> evaluate.Runner: ...
+    def runner(self, candidate: Path) -> runners.Runner: ...
     def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
-                    scorer: evaluate.Scorer | None = None) -> Path: ...
+                    scorer: runners.Scorer | None = None) -> Path: ...
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]: ...
     def fp32_size(self) -> int: ...
 
@@ -91,8 +91,8 @@ class OnnxPlan:
         graph = onnx.load(str(self.src)).graph
         return any(n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in graph.node)
 
-    def fp32_runner(self) -> evaluate.Runner:
-        return evaluate.onnx_runner(self.src, self.threads)
+    def fp32_runner(self) -> runners.Runner:
+        return runners.onnx_runner(self.src, self.threads)
 
     def quantize(self, exclude: Sequence[str]) -> Path:
         from compressor.quant import onnxruntime as q
@@ -104,11 +104,11 @@ class OnnxPlan:
             q.quantize_ort(self.prepared, dst, self.calib, self.ort_opts, self.per_channel, self.reduce_range, exclude)
         return dst
 
-    def runner(self, candidate: Path) -> evaluate.Runner:
-        return evaluate.onnx_runner(candidate, self.threads)
+    def runner(self, candidate: Path) -> runners.Runner:
+        return runners.onnx_runner(candidate, self.threads)
 
     def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
-                    scorer: evaluate.Scorer | None = None) -> Path:
+                    scorer: runners.Scorer | None = None) -> Path:
         from compressor.quant import onnxruntime as q
 
         dst = self.counter.next()
@@ -147,8 +147,8 @@ class OpenVinoPlan:
     def depthwise(self) -> bool:
         return any(op.get_type_name() == "GroupConvolution" for op in self.model.get_ops())
 
-    def fp32_runner(self) -> evaluate.Runner:
-        return evaluate.openvino_runner(self.fp32_xml, self.threads, self.hint)
+    def fp32_runner(self) -> runners.Runner:
+        return runners.openvino_runner(self.fp32_xml, self.threads, self.hint)
 
     def quantize(self, exclude: Sequence[str]) -> Path:
         from compressor.quant import openvino as q
@@ -157,11 +157,11 @@ class OpenVinoPlan:
         q.save_ov_model(q.quantize_ov(self.model.clone(), self.calib, self.nncf_args, exclude), dst)
         return dst
 
-    def runner(self, candidate: Path) -> evaluate.Runner:
-        return evaluate.openvino_runner(candidate, self.threads, self.hint)
+    def runner(self, candidate: Path) -> runners.Runner:
+        return runners.openvino_runner(candidate, self.threads, self.hint)
 
     def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
-                    scorer: evaluate.Scorer | None = None) -> Path:
+                    scorer: runners.Scorer | None = None) -> Path:
         from compressor.quant import openvino as q
 
         dst = self.counter.next()
@@ -202,8 +202,8 @@ class TflitePlan:
     def depthwise(self) -> bool:
         return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in self.model.modules())
 
-    def fp32_runner(self) -> evaluate.Runner:
-        return evaluate.tflite_runner(self.fp32, self.threads)
+    def fp32_runner(self) -> runners.Runner:
+        return runners.tflite_runner(self.fp32, self.threads)
 
     def quantize(self, exclude: Sequence[str]) -> Path:
         from compressor.quant import tflite as q
@@ -218,11 +218,11 @@ class TflitePlan:
             q.quantize_pt2e(self.model, self.example, self.calib, dst, self.per_channel, exclude)
         return dst
 
-    def runner(self, candidate: Path) -> evaluate.Runner:
-        return evaluate.tflite_runner(candidate, self.threads)
+    def runner(self, candidate: Path) -> runners.Runner:
+        return runners.tflite_runner(candidate, self.threads)
 
     def quantize_ac(self, val: tuple[np.ndarray, np.ndarray], max_drop: float,
-                    scorer: evaluate.Scorer | None = None) -> Path:
+                    scorer: runners.Scorer | None = None) -> Path:
         raise NotImplementedError
 
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]:

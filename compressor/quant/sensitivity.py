@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from compressor.artifacts import write_json, write_text
-from compressor.evaluation import CLASSIFICATION, Task
-from compressor.quant.evaluate import Runner, logits
+from compressor.core.artifacts import write_json, write_text
+from compressor.metrics.evaluation import CLASSIFICATION, Task
+from compressor.quant.runners import Runner, logits
 
 # excluded layer names -> a runner of the model quantized with those layers kept in float
 QuantizeFn = Callable[[Sequence[str]], Runner]

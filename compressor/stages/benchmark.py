@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from compressor.artifacts import Artifact, write_json, write_text
-from compressor.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
-from compressor.config import StageConfig
-from compressor.context import StageContext, StageOutput
+from compressor.core.artifacts import Artifact, write_json, write_text
+from compressor.core.config import StageConfig
+from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
-from compressor.evaluation import task_of
-from compressor.measure import measure_latency
-from compressor.models import load_model_artifact
-from compressor.targets import TargetConfig
-from compressor.verify import run_batched
+from compressor.export.agreement import run_batched
+from compressor.metrics.evaluation import task_of
+from compressor.report.tables import markdown_table
+from compressor.runtime.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
+from compressor.runtime.measure import measure_latency
+from compressor.runtime.targets import (
+    CudaTarget,
+    EmulatedTarget,
+    Job,
+    JobArtifact,
+    LocalTarget,
+    TargetConfig,
+    TargetResult,
+    run_targets,
+    target_row,
+)
+from compressor.train.models import load_model_artifact
 
 
 class BenchmarkConfig(StageConfig):
@@ -66,7 +77,7 @@ def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo
     if source.id not in memo:
         import torch
 
-        from compressor.metrics import predict
+        from compressor.metrics.classification import predict
 
         model = load_model_artifact(source.meta, source.path(ctx.cache_root, "weights"))
         memo[source.id] = predict(model, images, torch.device("cpu"))
@@ -114,49 +125,6 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     return row
 
 
-def _cell(r: dict[str, Any], key: str, fmt: str = "{}") -> str:
-    return fmt.format(r[key]) if r.get(key) is not None else "-"
-
-
-def _render(head: str, rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]) -> str:
-    """A Markdown table: ``head``, then per row its ``cells`` and the status (with the reason when not ok)."""
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        lines.append("| " + " | ".join([*cells(r), status]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _timing_cells(r: dict[str, Any]) -> list[str]:
-    return [_cell(r, "median_ms", "{:.3f}"), _cell(r, "p90_ms", "{:.3f}"), _cell(r, "p99_ms", "{:.3f}")]
-
-
-def _embedding_cells(r: dict[str, Any]) -> list[str]:
-    return [r.get("target", "local"), r["stage"], r["format"], r["precision"], r["backend"],
-            str(r.get("batch") or "-"), f"{r['size_bytes'] / 1024:.0f}", _cell(r, "rank1", "{:.2f}"),
-            _cell(r, "rank5", "{:.2f}"), _cell(r, "map", "{:.2f}"), _cell(r, "mean_cosine", "{:.4f}"),
-            _cell(r, "teacher_cosine", "{:.4f}"), *_timing_cells(r), _cell(r, "throughput_ips", "{:.1f}")]
-
-
-def _classification_cells(r: dict[str, Any]) -> list[str]:
-    target = r.get("target", "local") + (" (emulated)" if r.get("emulated") else "")
-    return [target, r["stage"], r["format"], r["precision"], r["backend"], str(r.get("batch") or "-"),
-            r.get("device", "-"), r.get("mode", "latency"), f"{r['size_bytes'] / 1024:.0f}",
-            _cell(r, "top1", "{:.2f}"), _cell(r, "top1_agreement", "{:.2f}"), *_timing_cells(r),
-            _cell(r, "cv", "{:.2f}"), _cell(r, "peak_rss_mb", "{:.0f}"), _cell(r, "throughput_ips", "{:.1f}")]
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results table; embedding rows (rank-1, mAP) get retrieval columns instead of top-1."""
-    if rows and any("rank1" in r for r in rows) and not any("top1" in r for r in rows):
-        return _render("| target | stage | format | precision | backend | batch | size (KB) | rank-1 | rank-5 | mAP | "
-                       "cos to source | cos to teacher | median ms | p90 ms | p99 ms | throughput (img/s) | status |",
-                       rows, _embedding_cells)
-    return _render("| target | stage | format | precision | backend | batch | device | mode | size (KB) | top-1 | "
-                   "agreement | median ms | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |",
-                   rows, _classification_cells)
-
-
 def benchmark_inputs(cfg: BenchmarkConfig, ctx: StageContext) -> list[tuple[str, Artifact]]:
     """(stage name, artifact) pairs the stage measures: ``inputs`` if given, else ``input``."""
     if cfg.inputs:
@@ -166,8 +134,6 @@ def benchmark_inputs(cfg: BenchmarkConfig, ctx: StageContext) -> list[tuple[str,
 
 def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
     if cfg.targets:
-        from compressor.targets.stage_rows import run_on_targets
-
         if task_of(ctx).is_embedding:
             msg = ("benchmark targets return top-1 predictions, not embeddings: remove 'targets' from this "
                    "benchmark of an embedding recipe (it then runs every artifact in this process)")
@@ -199,3 +165,130 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     art = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
     return StageOutput(art, {"rows": rows})
+
+
+# -- the benchmark stage with ``targets``: exported artifacts go through the runner on every target,
+# PyTorch checkpoints run in this process (local CPU, and the GPU in FP32 and FP16 when present). Rows keep
+# the keys of the in-process benchmark and add target, target_type, mode, emulated and peak_rss_mb.
+
+RUNNER_FORMATS = ("onnx", "tflite", "openvino")
+
+
+def artifact_size(ctx: StageContext, art: Artifact) -> int:
+    folder = ctx.cache_root / art.folder
+    return sum((folder / name).stat().st_size for name in art.files.values() if (folder / name).is_file())
+
+
+def _pytorch_rows(cfg: Any, ctx: StageContext, stage: str, art: Artifact, target: Any, images: np.ndarray,
+                  labels: np.ndarray, reference: np.ndarray | None) -> list[dict[str, Any]]:
+
+    rows = []
+    sub = cfg.model_copy(update={"threads": target.threads or cfg.threads})
+    device = "cuda" if isinstance(target, CudaTarget) else "cpu"
+    for batch in cfg.batch_sizes:
+        if device == "cpu":
+            made = [bench_row(ctx, sub, stage, art, "pytorch", batch, images, labels, reference)]
+        else:
+            made = _pytorch_cuda_rows(ctx, sub, stage, art, batch, images, labels, reference)
+        for r in made:
+            r.update(target=target.label, target_type=target.type, emulated=False, mode="latency")
+            rows.append(r)
+    return rows
+
+
+def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, batch: int, images: np.ndarray,
+                       labels: np.ndarray, reference: np.ndarray | None) -> list[dict[str, Any]]:
+    """PyTorch on the GPU in FP32 and FP16 (autocast), timed with a synchronize after every call."""
+    import torch
+
+    from compressor.metrics.classification import agreement, classification_metrics
+
+    model = load_model_artifact(art.meta, art.path(ctx.cache_root, "weights")).cuda().eval()
+    rows = []
+    for precision in ("fp32", "fp16"):
+        @torch.inference_mode()
+        def run(x: np.ndarray, half: bool = precision == "fp16") -> np.ndarray:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                out = model(torch.from_numpy(x).cuda())
+            torch.cuda.synchronize()
+            return out.float().cpu().numpy()
+
+        logits = run_batched(run, images, None)
+        row: dict[str, Any] = {
+            "stage": stage, "artifact": art.id[:12], "format": "model", "precision": precision,
+            "backend": "pytorch", "batch": batch, "size_bytes": artifact_size(ctx, art), "status": "ok",
+            "macs": art.meta.get("macs"), "params": art.meta.get("params"),
+            "runtime": {"runtime": "pytorch", "version": torch.__version__, "provider": "cuda",
+                        "device": torch.cuda.get_device_name(0), "autocast_fp16": precision == "fp16"},
+        }
+        acc = classification_metrics(logits, labels, len(ctx.data.classes))
+        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"])
+        if reference is not None:
+            row.update(agreement(logits, reference))
+        sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
+        def call(s: np.ndarray = sample) -> np.ndarray:
+            return run(s)
+
+        row.update(measure_latency(call, warmup=cfg.warmup, min_iters=cfg.min_iters,
+                                   time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters))
+        rows.append(row)
+    return rows
+
+
+def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
+    from compressor.runtime.targets.cuda import cuda_absent_reason
+
+    artifacts = benchmark_inputs(cfg, ctx)
+    images, labels = ctx.data.val_arrays(cfg.accuracy_images)
+    memo: dict[str, np.ndarray] = {}
+    refs = {art.id: _reference_logits(ctx, art, images, memo) for _, art in artifacts}
+    rows: list[dict[str, Any]] = []
+
+    runnable = [(stage, art) for stage, art in artifacts if art.meta.get("format", art.kind) in RUNNER_FORMATS]
+    job = Job(
+        artifacts=[JobArtifact(stage, art.meta.get("format", art.kind), art.path(ctx.cache_root),
+                               [ctx.cache_root / art.folder / f for f in art.files.values()])
+                   for stage, art in runnable],
+        images=images, labels=labels, batch_sizes=list(cfg.batch_sizes), modes=list(cfg.modes),
+        warmup=cfg.warmup, min_iters=cfg.min_iters, time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters,
+        requests=cfg.requests,
+    )
+    results: list[TargetResult] = []
+    if job.artifacts:
+        ctx.log(f"{ctx.name}: {len(job.artifacts)} artifact(s) on {', '.join(t.label for t in cfg.targets)}")
+        with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix="targets-") as tmp:
+            results = run_targets(list(cfg.targets), job, Path(tmp))
+    by_target = {r.target: r for r in results}
+    for target in cfg.targets:
+        for stage, art in artifacts:
+            fmt = art.meta.get("format", art.kind)
+            base = {"stage": stage, "artifact": art.id[:12], "format": fmt,
+                    "precision": art.meta.get("precision", "fp32"), "backend": "-", "batch": None,
+                    "size_bytes": artifact_size(ctx, art), "macs": art.meta.get("macs"),
+                    "params": art.meta.get("params"), "target": target.label, "target_type": target.type}
+            if fmt == "model":
+                if isinstance(target, LocalTarget):
+                    rows += _pytorch_rows(cfg, ctx, stage, art, target, images, labels, refs[art.id])
+                elif isinstance(target, CudaTarget) and cuda_absent_reason() is None:
+                    rows += _pytorch_rows(cfg, ctx, stage, art, target, images, labels, refs[art.id])
+                continue  # PyTorch checkpoints do not travel to devices: the runner has no torch
+            result = by_target[target.label]
+            ref = refs[art.id]
+            ref_pred = ref.argmax(1) if ref is not None else None
+            for runner_row in result.rows.get(stage, []):
+                row = target_row(base, result, runner_row, ref_pred)
+                row.setdefault("mode", "latency")
+                rows.append(row)
+                ctx.log(f"{ctx.name}: {stage} on {target.label} b{row.get('batch')} {row.get('mode')}: "
+                        + (f"top-1 {row.get('top1', '-')}, median {row['median_ms']:.3f} ms"
+                           if row["status"] == "ok" else f"{row['status']} ({row.get('reason')})"))
+    environments = [{"target": r.target, "type": r.type, "emulated": r.emulated, "note": r.note,
+                     "environment": r.environment} for r in results]
+    for target in cfg.targets:
+        if target.label not in by_target:
+            environments.append({"target": target.label, "type": target.type,
+                                 "emulated": isinstance(target, EmulatedTarget), "note": None, "environment": {}})
+    write_json(ctx.out_dir / "results.json", {"rows": rows, "targets": environments})
+    write_text(ctx.out_dir / "results.md", markdown_table(rows))
+    out = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
+    return StageOutput(out, {"rows": rows, "targets": environments})

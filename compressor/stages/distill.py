@@ -16,13 +16,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from compressor.config import ModelSource, StageConfig, Strict
-from compressor.context import StageContext, StageOutput, load_model, save_model
+from compressor.core.config import ModelSource, StageConfig, Strict
+from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
-from compressor.evaluation import task_of
-from compressor.losses import dkd_loss, embedding_distill_loss, hint_loss, kd_loss, relational_loss
-from compressor.students import FeatureTap, TeacherLogitCache, build_student, hint_adapter
-from compressor.training import LossFn, TrainOptions, embedding_loss, fit, val_top1
+from compressor.metrics.evaluation import task_of
+from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_top1
+from compressor.train.losses import dkd_loss, embedding_distill_loss, hint_loss, kd_loss, relational_loss
+from compressor.train.models import load_stage_model, save_stage_model
+from compressor.train.students import FeatureTap, TeacherLogitCache, build_student, hint_adapter
 
 
 class KDLoss(Strict):
@@ -156,7 +157,7 @@ def _use_cache(cfg: DistillConfig, ctx: StageContext) -> bool:
 
 def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
     teacher_art = ctx.inputs.get("teacher", ctx.input)
-    teacher = load_model(ctx, teacher_art).to(ctx.device).eval()
+    teacher = load_stage_model(ctx, teacher_art).to(ctx.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     data = ctx.data
@@ -167,12 +168,12 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
                "loss type embedding needs a task: embedding recipe; classifiers use loss type kd or dkd")
         raise CompressorError(msg)
     if cfg.student == "input":
-        student, meta = load_model(ctx, ctx.input), dict(ctx.input.meta)
+        student, meta = load_stage_model(ctx, ctx.input), dict(ctx.input.meta)
         for key in ("macs", "params", "input_shape"):
             meta.pop(key, None)
     else:
         student, meta = build_student(cfg.student, len(data.classes), data.input_shape[0], cfg.stem_stride, ctx.seed,
-                                      ctx.recipe.embedding if task.is_embedding else None, data.input_shape)
+                                      ctx.task.embedding if task.is_embedding else None, data.input_shape)
     student.to(ctx.device)
     initial = copy.deepcopy(student.state_dict())
     with torch.no_grad():
@@ -219,9 +220,9 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
     if hint is not None:
         hint[0].remove()
         hint[1].remove()
-    artifact = save_model(ctx, student, meta)
+    artifact = save_stage_model(ctx, student, meta)
     if task.is_embedding and s_probe.shape[1] == probe.shape[1]:
-        from compressor.metrics import predict
+        from compressor.metrics.classification import predict
 
         images, _ = data.val_arrays()
         metrics["teacher_cosine"] = task.agreement(predict(student, images, ctx.device),

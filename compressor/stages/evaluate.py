@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from compressor.config import StageConfig
-from compressor.context import StageContext, StageOutput, load_model
-from compressor.evaluation import task_of
-from compressor.metrics import predict
+from compressor.core.config import StageConfig
+from compressor.core.context import StageContext, StageOutput
+from compressor.metrics.classification import predict
+from compressor.metrics.evaluation import task_of
+from compressor.train.models import load_stage_model
 
 
 class EvaluateConfig(StageConfig):
@@ -19,7 +20,7 @@ class EvaluateConfig(StageConfig):
 
 
 def run_evaluate(cfg: EvaluateConfig, ctx: StageContext) -> StageOutput:
-    model = load_model(ctx, ctx.input)
+    model = load_stage_model(ctx, ctx.input)
     images, labels = ctx.data.val_arrays(cfg.images)
     outputs = predict(model, images, ctx.device)
     metrics = task_of(ctx).score(outputs, labels)

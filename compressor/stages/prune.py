@@ -15,13 +15,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from compressor.config import StageConfig, Strict
-from compressor.context import StageContext, StageOutput, load_model, save_model
-from compressor.evaluation import task_of
-from compressor.losses import embedding_distill_loss, kd_loss, triplet_batch_hard
-from compressor.metrics import count_params
-from compressor.models import build_from_meta, structure_of
-from compressor.pruning import (
+from compressor.core.config import StageConfig, Strict
+from compressor.core.context import StageContext, StageOutput
+from compressor.metrics.classification import count_params
+from compressor.metrics.evaluation import task_of
+from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_top1
+from compressor.train.losses import embedding_distill_loss, kd_loss, triplet_batch_hard
+from compressor.train.models import build_from_meta, load_stage_model, save_stage_model, structure_of
+from compressor.train.pruning import (
     ChannelPruner,
     PruneOptions,
     Sparsity,
@@ -29,7 +30,6 @@ from compressor.pruning import (
     check_runs,
     layer_widths,
 )
-from compressor.training import LossFn, TrainOptions, embedding_loss, fit, val_top1
 
 
 class DistillOptions(Strict):
@@ -120,7 +120,7 @@ def _taylor_gradients(model: nn.Module, ctx: StageContext, batches: int) -> None
 
 
 def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
-    model = load_model(ctx, ctx.input).to(ctx.device)
+    model = load_stage_model(ctx, ctx.input).to(ctx.device)
     torch.manual_seed(ctx.seed)
     example = torch.randn(1, *ctx.data.input_shape, generator=torch.Generator().manual_seed(ctx.seed)).to(ctx.device)
     with torch.no_grad():
@@ -178,7 +178,7 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
     meta = {**ctx.input.meta, "structure": structure_of(model.cpu(), reference),
             "pruning": {"importance": cfg.importance, "allocation": cfg.allocation, "steps": cfg.steps,
                         "widths": layer_widths(model)}}
-    artifact = save_model(ctx, model, meta)
+    artifact = save_stage_model(ctx, model, meta)
     last = history[-1]
     metrics.update(
         macs_before=pruner.base_macs, macs_after=artifact.meta["macs"], params_before=params_before,

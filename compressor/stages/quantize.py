@@ -8,20 +8,26 @@ the most sensitive layers to float) and fails with a table of what it tried if t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
-from compressor.artifacts import Artifact
-from compressor.config import StageConfig, Strict
-from compressor.context import StageContext, StageOutput, load_model
+from compressor.core.artifacts import Artifact
+from compressor.core.config import StageConfig, Strict
+from compressor.core.context import StageContext, StageOutput
 from compressor.errors import AccuracyGoalError, StageError
-from compressor.evaluation import task_of
+from compressor.export.onnx import export_to_onnx
+from compressor.metrics.evaluation import Task, task_of
+from compressor.quant import runners
 from compressor.quant.onnxruntime import OrtQuantOptions
-from compressor.training import TrainOptions
+from compressor.stages._shared import file_metadata
+from compressor.train.fit import TrainOptions
+from compressor.train.models import load_stage_model
 
 
 class IgnoredScope(Strict):
@@ -113,7 +119,7 @@ def _source_model(ctx: StageContext) -> torch.nn.Module:
             raise StageError(ctx.name, f"input '{ctx.refs.get('input')}' ({art.kind}) does not record its PyTorch "
                                        "model (meta source_model); take a model artifact as input instead")
         art = Artifact.model_validate(art.meta["source_model"])
-    return load_model(ctx, art).cpu().eval()
+    return load_stage_model(ctx, art).cpu().eval()
 
 
 def _source_file(ctx: StageContext, cfg: QuantizeConfig) -> Path:
@@ -122,13 +128,10 @@ def _source_file(ctx: StageContext, cfg: QuantizeConfig) -> Path:
     if art.kind == "onnx" or (art.kind == "openvino" and cfg.format == "openvino"):
         return art.path(ctx.cache_root, "model" if art.kind == "onnx" else "xml")
     if art.kind == "model":
-        from compressor.stages.export_onnx import ExportOnnxConfig, export_to_onnx, onnx_metadata
-
         model = _source_model(ctx)
         path = ctx.work_dir / "fp32.onnx"
         example = torch.from_numpy(ctx.data.calibration_arrays(1)[0])
-        export_to_onnx(model, example, path, ExportOnnxConfig(name="fp32", opset=max(cfg.opset, 18)),
-                       onnx_metadata(ctx))
+        export_to_onnx(model, example, path, file_metadata(ctx), opset=max(cfg.opset, 18))
         return path
     raise StageError(ctx.name, f"format {cfg.format} cannot start from a {art.kind} artifact; "
                                "give a model or onnx artifact as input")
@@ -141,8 +144,8 @@ def resolve_float_depthwise(option: bool | str) -> bool:
         return bool(option)
     import platform
 
-    from compressor.envinfo import cpu_info
-    from compressor.quant.evaluate import cpu_has_vnni
+    from compressor.quant.runners import cpu_has_vnni
+    from compressor.runtime.envinfo import cpu_info
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
@@ -152,7 +155,7 @@ def resolve_float_depthwise(option: bool | str) -> bool:
 
 def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_hint: bool | None = None) -> Any:
     from compressor.quant import plans
-    from compressor.quant.evaluate import cpu_has_vnni
+    from compressor.quant.runners import cpu_has_vnni
 
     engine = cfg.resolved_engine()
     work = ctx.work_dir
@@ -193,112 +196,154 @@ def _settings(cfg: QuantizeConfig, plan: Any) -> dict[str, Any]:
     return out
 
 
-def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
-    from compressor.quant import evaluate
+@dataclass
+class _Judge:
+    """The validation images, the task's score, and the FP32 model's outputs every INT8 candidate is judged by."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    task: Task
+    fp32_logits: np.ndarray
+    fp32_score: float
+
+    def score(self, outputs: np.ndarray) -> float:
+        return round(self.task.value(outputs, self.labels), 3)
+
+    def scorer(self) -> Any:
+        """The score function accuracy control uses (None: its own top-1)."""
+        return (lambda outputs, labels: self.task.value(outputs, labels)) if self.task.is_embedding else None
+
+    def outputs(self, plan: Any, candidate: Any) -> tuple[np.ndarray, float]:
+        out = runners.logits(plan.runner(candidate), self.images)
+        return out, self.score(out)
+
+
+class _Sensitivity:
+    """The per-layer sensitivity report, computed once when first needed and written to the stage folder."""
+
+    def __init__(self, cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Judge):
+        self.cfg, self.ctx, self.plan, self.judge = cfg, ctx, plan, judge
+        self.rows: list[dict[str, Any]] | None = None
+        self.files: dict[str, str] = {}
+
+    def ranking(self, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+        from compressor.quant.sensitivity import layer_sensitivity, write_report
+
+        if self.rows is None:
+            j, plan = self.judge, self.plan
+            n = min(self.cfg.sensitivity_images, len(j.images))
+            self.rows = layer_sensitivity(lambda ex: plan.runner(plan.quantize(ex)), plan.layers(), j.images[:n],
+                                          j.labels[:n], j.fp32_logits[:n],
+                                          lambda it, desc: self.ctx.progress(it, desc), j.task)
+            info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": j.fp32_score,
+                    "metric": j.task.label, "fp32_score": j.fp32_score}
+            self.files = write_report(self.ctx.out_dir, self.rows, info)
+            write_report(self.ctx.work_dir, self.rows, info)  # kept when the stage fails
+            metrics["most_sensitive"] = [r["layer"] for r in self.rows[:5]]
+        return self.rows
+
+
+def _nncf_accuracy_control(cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Judge,
+                           attempts: list[dict[str, Any]]) -> tuple[Any, np.ndarray, float] | None:
+    """NNCF's ``quantize_with_accuracy_control`` (ONNX, OpenVINO): the candidate if it ran, else None."""
+    m = judge.task.primary
+    try:
+        candidate = plan.quantize_ac((judge.images, judge.labels), cfg.max_accuracy_drop, judge.scorer())
+    except Exception as err:  # noqa: BLE001 - fall back, and say why in the attempts
+        attempts.append({"method": "nncf.quantize_with_accuracy_control", "error": str(err)[:200]})
+        if cfg.accuracy_control == "nncf":
+            raise StageError(ctx.name, f"nncf accuracy control failed: {err}") from err
+        return None
+    logits, score = judge.outputs(plan, candidate)
+    attempts.append({"method": "nncf.quantize_with_accuracy_control", m: score,
+                     "drop": round(judge.fp32_score - score, 3)})
+    return candidate, logits, score
+
+
+def _accuracy_control(cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Judge, sens: _Sensitivity,
+                      int8: tuple[Any, np.ndarray, float], metrics: dict[str, Any]
+                      ) -> tuple[Any, np.ndarray, float, list[str]]:
+    """Bring the INT8 drop within ``max_accuracy_drop``: NNCF's accuracy control, else layers back to float
+    by sensitivity. Returns (candidate, logits, score, float layers); the attempts join ``metrics``."""
     from compressor.quant.accuracy_control import restore_until_within
-    from compressor.quant.sensitivity import layer_sensitivity, write_report
 
-    calib, _ = ctx.data.calibration_arrays(cfg.calibration_images)
-    val_images, val_labels = ctx.data.val_arrays(cfg.eval_images)
-    if cfg.mode == "qat":
-        from compressor.quant.qat import run_qat
+    m, goal = judge.task.primary, cfg.max_accuracy_drop
+    assert goal is not None
+    sens.ranking(metrics)  # the per-layer report is always written when accuracy control runs
+    candidate, logits, score = int8
+    attempts: list[dict[str, Any]] = [{"method": "ptq", m: score, "drop": round(judge.fp32_score - score, 3)}]
+    metrics["accuracy_control"] = attempts
+    if cfg.accuracy_control in ("auto", "nncf") and plan.fmt in ("onnx", "openvino"):
+        result = _nncf_accuracy_control(cfg, ctx, plan, judge, attempts)
+        if result is not None:
+            candidate, logits, score = result
+            if judge.fp32_score - score <= goal:
+                return candidate, logits, score, []
+    if cfg.accuracy_control == "nncf":
+        msg = (f"nncf accuracy control left {judge.task.label} {score:.2f} vs FP32 {judge.fp32_score:.2f}, "
+               f"more than max_accuracy_drop {goal} pt; try accuracy_control: fallback")
+        raise AccuracyGoalError(msg, attempts)
+    ranking = [r["layer"] for r in sens.ranking(metrics)]
+    try:
+        found = restore_until_within(
+            lambda ex: plan.runner(plan.quantize(ex)), ranking, judge.images, judge.labels,
+            judge.fp32_score, goal, cfg.max_float_layers, plan.fmt,
+            first=([], score), scorer=judge.scorer(), metric=judge.task.label)
+    except AccuracyGoalError as err:
+        msg = f"{err}\nper-layer sensitivity: {ctx.work_dir / 'sensitivity.md'}"
+        raise AccuracyGoalError(msg, [*attempts, *err.attempts]) from err
+    attempts += [{"method": "fallback", **a} for a in found.attempts[1:]]
+    candidate = plan.quantize(found.excluded)
+    logits, score = judge.outputs(plan, candidate)
+    return candidate, logits, score, found.excluded
 
-        return run_qat(cfg, ctx, calib, (val_images, val_labels))
-    plan = _plan(cfg, ctx, calib)
-    task = task_of(ctx)
-    m = task.primary  # top1, or rank1 / map for embedding models
 
-    def score(outputs: np.ndarray) -> float:
-        return round(task.value(outputs, val_labels), 3)
-
-    def scorer(outputs: np.ndarray, labels: np.ndarray) -> float:
-        return task.value(outputs, labels)
-
-    fp32_logits = evaluate.logits(plan.fp32_runner(), val_images)
-    fp32_top1 = score(fp32_logits)
-    metrics: dict[str, Any] = {f"fp32_{m}": fp32_top1, "settings": _settings(cfg, plan)}
-    extra_files: dict[str, str] = {}
-
-    rows: list[dict[str, Any]] | None = None
-
-    def sensitivity() -> list[dict[str, Any]]:
-        nonlocal rows, extra_files
-        if rows is None:
-            n = min(cfg.sensitivity_images, len(val_images))
-            rows = layer_sensitivity(lambda ex: plan.runner(plan.quantize(ex)), plan.layers(), val_images[:n],
-                                     val_labels[:n], fp32_logits[:n], lambda it, desc: ctx.progress(it, desc), task)
-            info = {"format": plan.fmt, "engine": plan.engine, "images": n, "fp32_top1": fp32_top1,
-                    "metric": task.label, "fp32_score": fp32_top1}
-            extra_files = write_report(ctx.out_dir, rows, info)
-            write_report(ctx.work_dir, rows, info)  # kept when the stage fails
-            metrics["most_sensitive"] = [r["layer"] for r in rows[:5]]
-        return rows
-
-    if cfg.sensitivity_report:
-        sensitivity()
-    excluded: list[str] = []
-    candidate = plan.quantize([])
-    int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-    int8_top1 = score(int8_logits)
-    if cfg.max_accuracy_drop is not None and fp32_top1 - int8_top1 > cfg.max_accuracy_drop:
-        sensitivity()  # the per-layer report is always written when accuracy control runs
-        attempts: list[dict[str, Any]] = [{"method": "ptq", m: int8_top1, "drop": round(fp32_top1 - int8_top1, 3)}]
-        done = False
-        if cfg.accuracy_control in ("auto", "nncf") and plan.fmt in ("onnx", "openvino"):
-            try:
-                candidate = plan.quantize_ac((val_images, val_labels), cfg.max_accuracy_drop,
-                                             scorer if task.is_embedding else None)
-                int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-                int8_top1 = score(int8_logits)
-                attempts.append({"method": "nncf.quantize_with_accuracy_control", m: int8_top1,
-                                 "drop": round(fp32_top1 - int8_top1, 3)})
-                done = fp32_top1 - int8_top1 <= cfg.max_accuracy_drop
-            except Exception as err:  # noqa: BLE001 - fall back, and say why in the attempts
-                attempts.append({"method": "nncf.quantize_with_accuracy_control", "error": str(err)[:200]})
-                if cfg.accuracy_control == "nncf":
-                    raise StageError(ctx.name, f"nncf accuracy control failed: {err}") from err
-        if not done:
-            if cfg.accuracy_control == "nncf":
-                msg = (
-                    f"nncf accuracy control left {task.label} {int8_top1:.2f} vs FP32 {fp32_top1:.2f}, "
-                    f"more than max_accuracy_drop {cfg.max_accuracy_drop} pt; try accuracy_control: fallback"
-                )
-                raise AccuracyGoalError(
-                    msg,
-                    attempts)
-            ranking = [r["layer"] for r in sensitivity()]
-            try:
-                result = restore_until_within(
-                    lambda ex: plan.runner(plan.quantize(ex)), ranking, val_images, val_labels,
-                    fp32_top1, cfg.max_accuracy_drop, cfg.max_float_layers, plan.fmt,
-                    first=([], int8_top1), scorer=scorer if task.is_embedding else None, metric=task.label)
-            except AccuracyGoalError as err:
-                msg = f"{err}\nper-layer sensitivity: {ctx.work_dir / 'sensitivity.md'}"
-                raise AccuracyGoalError(msg, [*attempts, *err.attempts]) from err
-            excluded = result.excluded
-            attempts += [{"method": "fallback", **a} for a in result.attempts[1:]]
-            candidate = plan.quantize(excluded)
-            int8_logits = evaluate.logits(plan.runner(candidate), val_images)
-            int8_top1 = score(int8_logits)
-        metrics["accuracy_control"] = attempts
-
-    files = plan.save(candidate, ctx.out_dir)
-    agree = task.agreement(int8_logits, fp32_logits)
+def _int8_metrics(cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Judge, logits: np.ndarray,
+                  score: float, size: int, excluded: list[str]) -> dict[str, Any]:
+    """Agreement with FP32 (fails the stage below ``min_agreement``), the task's INT8 score and sizes."""
+    task = judge.task
+    agree = task.agreement(logits, judge.fp32_logits)
     agreement = round(task.agreement_value(agree), 3)
     if agreement < cfg.min_agreement:
         raise StageError(ctx.name, f"{plan.fmt} INT8 reaches only {agreement:.2f} ({task.agreement_label} with FP32) "
-                                   f"on {len(val_images)} validation images (option min_agreement {cfg.min_agreement}); "
-                                   "try per_channel: true, bias_correction: full or more calibration_images")
-    size = sum((ctx.out_dir / f).stat().st_size for f in files.values())
+                                   f"on {len(judge.images)} validation images (option min_agreement "
+                                   f"{cfg.min_agreement}); try per_channel: true, bias_correction: full or more "
+                                   "calibration_images")
+    out: dict[str, Any] = {}
     if task.is_embedding:
-        metrics.update(int8_retrieval=task.score(int8_logits, val_labels), mean_cosine=agree["mean_cosine"],
-                       min_cosine=agree["min_cosine"])
+        out.update(int8_retrieval=task.score(logits, judge.labels), mean_cosine=agree["mean_cosine"],
+                   min_cosine=agree["min_cosine"])
     else:
-        metrics["top1_agreement"] = agreement
-    metrics.update({f"int8_{m}": int8_top1}, drop=round(fp32_top1 - int8_top1, 3),
-                   eval_images=len(val_images), float_layers=excluded, fp32_size_bytes=plan.fp32_size(),
-                   size_bytes=size)
-    art = _artifact(ctx, plan.fmt, {**files, **extra_files}, metrics["settings"], excluded)
+        out["top1_agreement"] = agreement
+    out.update({f"int8_{task.primary}": score}, drop=round(judge.fp32_score - score, 3),
+               eval_images=len(judge.images), float_layers=excluded, fp32_size_bytes=plan.fp32_size(),
+               size_bytes=size)
+    return out
+
+
+def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
+    calib, _ = ctx.data.calibration_arrays(cfg.calibration_images)
+    val_images, val_labels = ctx.data.val_arrays(cfg.eval_images)
+    if cfg.mode == "qat":
+        return _run_qat(cfg, ctx, calib, (val_images, val_labels))
+    plan = _plan(cfg, ctx, calib)
+    task = task_of(ctx)
+    fp32_logits = runners.logits(plan.fp32_runner(), val_images)
+    judge = _Judge(val_images, val_labels, task, fp32_logits, round(task.value(fp32_logits, val_labels), 3))
+    metrics: dict[str, Any] = {f"fp32_{task.primary}": judge.fp32_score, "settings": _settings(cfg, plan)}
+    sens = _Sensitivity(cfg, ctx, plan, judge)
+    if cfg.sensitivity_report:
+        sens.ranking(metrics)
+    candidate = plan.quantize([])
+    logits, score = judge.outputs(plan, candidate)
+    excluded: list[str] = []
+    if cfg.max_accuracy_drop is not None and judge.fp32_score - score > cfg.max_accuracy_drop:
+        candidate, logits, score, excluded = _accuracy_control(cfg, ctx, plan, judge, sens,
+                                                               (candidate, logits, score), metrics)
+    files = plan.save(candidate, ctx.out_dir)
+    size = sum((ctx.out_dir / f).stat().st_size for f in files.values())
+    metrics.update(_int8_metrics(cfg, ctx, plan, judge, logits, score, size, excluded))
+    art = _artifact(ctx, plan.fmt, {**files, **sens.files}, metrics["settings"], excluded)
     return StageOutput(art, metrics)
 
 
@@ -314,3 +359,91 @@ def _artifact(ctx: StageContext, fmt: str, files: dict[str, str], settings: dict
         "quantization": settings, "float_layers": excluded,
     }
     return ctx.new_artifact(fmt, files, meta)
+
+
+def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
+             val: tuple[np.ndarray, np.ndarray]) -> StageOutput:
+    """The ``quantize`` stage in ``mode: qat``: NNCF fake-quant, fine-tune (optionally with KD), export."""
+    from compressor.quant.plans import nncf_kwargs
+    from compressor.quant.qat import export_onnx, export_openvino, insert_fake_quant
+    from compressor.train.fit import TrainOptions, fit
+    from compressor.train.losses import kd_loss
+
+    images, labels = val
+    fp32 = _source_model(ctx)
+    # NNCF's PyTorch backend has fast bias correction only (full is refused by the config check).
+    bias = "fast" if cfg.bias_correction == "auto" else cfg.bias_correction
+    kwargs = nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
+                         cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
+    teacher = _source_model(ctx)
+    quantized = insert_fake_quant(_source_model(ctx), calib, kwargs)
+    task = task_of(ctx)
+    scorer = task.value if task.is_embedding else None
+    ptq_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
+    opts = TrainOptions.model_validate(cfg.qat.model_dump(exclude={"distill", "temperature", "alpha"}))
+    loss_fn = None
+    head = None
+    if cfg.qat.distill and task.is_embedding:
+        from compressor.train.fit import embedding_loss
+        from compressor.train.losses import embedding_distill_loss
+
+        teacher.to(ctx.device).eval()
+        quantized.to(ctx.device)
+        _, head = embedding_loss(quantized, ctx)
+        objective = head
+
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            emb = model(x)
+            return (1 - cfg.qat.alpha) * objective(emb, y) + cfg.qat.alpha * embedding_distill_loss(emb, target)
+    elif cfg.qat.distill:
+        teacher.to(ctx.device).eval()
+
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            return kd_loss(model(x), target, y, cfg.qat.temperature, cfg.qat.alpha, opts.label_smoothing)
+
+    start_state = {k: v.detach().clone() for k, v in quantized.state_dict().items()}
+    result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat")
+    quantized.cpu().eval()
+    qat_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
+    kept = "qat"
+    if qat_top1 < ptq_top1:
+        # Fine-tuning ended below its own starting point (NNCF's PTQ): keep the start, as a best-epoch
+        # selection that counts the start as epoch 0 would; the manifest says which was kept.
+        quantized.load_state_dict(start_state)
+        kept = "ptq start"
+    example = torch.from_numpy(calib[:1])
+    folded: dict[str, int] = {}
+    if cfg.format == "onnx":
+        path = ctx.out_dir / "model.onnx"
+        folded = export_onnx(quantized, example, path, cfg.onnx_exporter, cfg.opset)
+        files = {"model": "model.onnx"}
+        run = runners.onnx_runner(path, ctx.threads)
+    else:
+        path = ctx.out_dir / "model.xml"
+        export_openvino(quantized, example, path)
+        files = {"xml": "model.xml", "bin": "model.bin"}
+        run = runners.openvino_runner(path, ctx.threads, cfg.ov_hint)
+    fp32_logits = runners.logits(lambda x: fp32(torch.from_numpy(x)).detach().numpy(), images)
+    int8_logits = runners.logits(run, images)
+    fp32_top1 = round(task.value(fp32_logits, labels), 3)
+    int8_top1 = round(task.value(int8_logits, labels), 3)
+    settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
+                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), **folded}
+    drop = round(fp32_top1 - int8_top1, 3)
+    metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
+               "int8_top1": int8_top1,
+               "drop": drop, "qat_best_val_top1": result.best_top1,
+               "qat_history": result.history, "eval_images": len(images), "settings": settings,
+               "top1_agreement" if not task.is_embedding else "cosine_agreement_pct":
+                   round(task.agreement_value(task.agreement(int8_logits, fp32_logits)), 3),
+               "size_bytes": sum((ctx.out_dir / f).stat().st_size for f in files.values())}
+    if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop:
+        msg = (f"QAT INT8 top-1 {int8_top1:.2f} is {drop:.2f} pt below FP32 "
+               f"{fp32_top1:.2f} (max_accuracy_drop {cfg.max_accuracy_drop}); PTQ gave {ptq_top1:.2f}; "
+               "train more epochs (qat.epochs) or lower qat.lr")
+        raise AccuracyGoalError(msg, [{"method": "qat", "top1": int8_top1, "ptq_top1": ptq_top1}])
+    return StageOutput(_artifact(ctx, cfg.format, files, settings, []), metrics)

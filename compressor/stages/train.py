@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from compressor.config import StageConfig
-from compressor.context import StageContext, StageOutput, load_model, save_model
-from compressor.training import TrainOptions, fit
+from compressor.core.config import StageConfig
+from compressor.core.context import StageContext, StageOutput
+from compressor.train.fit import TrainOptions, fit
+from compressor.train.models import load_stage_model, save_stage_model
 
 
 class TrainConfig(StageConfig, TrainOptions):
@@ -12,9 +13,9 @@ class TrainConfig(StageConfig, TrainOptions):
 
 
 def run_train(cfg: TrainConfig, ctx: StageContext) -> StageOutput:
-    model = load_model(ctx, ctx.input)
+    model = load_stage_model(ctx, ctx.input)
     result = fit(model, ctx, cfg)
-    artifact = save_model(ctx, model, ctx.input.meta)
+    artifact = save_stage_model(ctx, model, ctx.input.meta)
     return StageOutput(artifact, {
         f"val_{result.metric}": result.best_top1, "epochs_run": result.epochs_run,
         "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,

@@ -1,0 +1,49 @@
+"""Markdown tables of benchmark rows, shared by the benchmark stage, the report and release bundles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _cell(r: dict[str, Any], key: str, fmt: str = "{}") -> str:
+    return fmt.format(r[key]) if r.get(key) is not None else "-"
+
+
+def _render(head: str, rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]) -> str:
+    """A Markdown table: ``head``, then per row its ``cells`` and the status (with the reason when not ok)."""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+        lines.append("| " + " | ".join([*cells(r), status]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _timing_cells(r: dict[str, Any]) -> list[str]:
+    return [_cell(r, "median_ms", "{:.3f}"), _cell(r, "p90_ms", "{:.3f}"), _cell(r, "p99_ms", "{:.3f}")]
+
+
+def _embedding_cells(r: dict[str, Any]) -> list[str]:
+    return [r.get("target", "local"), r["stage"], r["format"], r["precision"], r["backend"],
+            str(r.get("batch") or "-"), f"{r['size_bytes'] / 1024:.0f}", _cell(r, "rank1", "{:.2f}"),
+            _cell(r, "rank5", "{:.2f}"), _cell(r, "map", "{:.2f}"), _cell(r, "mean_cosine", "{:.4f}"),
+            _cell(r, "teacher_cosine", "{:.4f}"), *_timing_cells(r), _cell(r, "throughput_ips", "{:.1f}")]
+
+
+def _classification_cells(r: dict[str, Any]) -> list[str]:
+    target = r.get("target", "local") + (" (emulated)" if r.get("emulated") else "")
+    return [target, r["stage"], r["format"], r["precision"], r["backend"], str(r.get("batch") or "-"),
+            r.get("device", "-"), r.get("mode", "latency"), f"{r['size_bytes'] / 1024:.0f}",
+            _cell(r, "top1", "{:.2f}"), _cell(r, "top1_agreement", "{:.2f}"), *_timing_cells(r),
+            _cell(r, "cv", "{:.2f}"), _cell(r, "peak_rss_mb", "{:.0f}"), _cell(r, "throughput_ips", "{:.1f}")]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results table; embedding rows (rank-1, mAP) get retrieval columns instead of top-1."""
+    if rows and any("rank1" in r for r in rows) and not any("top1" in r for r in rows):
+        return _render("| target | stage | format | precision | backend | batch | size (KB) | rank-1 | rank-5 | mAP | "
+                       "cos to source | cos to teacher | median ms | p90 ms | p99 ms | throughput (img/s) | status |",
+                       rows, _embedding_cells)
+    return _render("| target | stage | format | precision | backend | batch | device | mode | size (KB) | top-1 | "
+                   "agreement | median ms | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |",
+                   rows, _classification_cells)

@@ -1,0 +1,86 @@
+"""OpenVINO backend: CPU (GPU device when present), latency hint, threads and streams from the options.
+
+Settings (``RuntimeOptions.settings``): ``hint`` (latency | throughput | none, default latency),
+``streams`` (default 1), ``inference_precision`` (f32 | bf16 | f16 | default; default f32, so that
+an FP32 or FP16 IR is run at the precision it was verified at rather than the bf16 OpenVINO picks on
+CPUs with AVX512-BF16 or AMX), ``perf_counters`` (true: per-layer counters in ``request.profiling_info``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.errors import BackendError
+from compressor.runtime.backends import RuntimeOptions
+
+_DEVICES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU"}
+
+
+def _layout(meta: dict[str, Any], shape: list[int | None]) -> str:
+    if meta.get("layout") in ("NCHW", "NHWC"):
+        return str(meta["layout"])
+    return "NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+
+
+class OpenVinoSession:
+    def __init__(self, path: Path, meta: dict[str, Any], options: RuntimeOptions):
+        import openvino as ov
+
+        core = ov.Core()
+        device = _DEVICES.get(options.device.lower(), options.device.upper())
+        if device not in core.available_devices:
+            msg = (f"openvino: device {device} is not available (found: {', '.join(core.available_devices)}); "
+                   "use device cpu")
+            raise BackendError(msg)
+        settings = options.settings
+        hint = str(settings.get("hint", "latency")).upper()
+        config: dict[str, Any] = {}
+        if hint != "NONE":
+            config["PERFORMANCE_HINT"] = hint
+        if device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = options.threads
+        config["NUM_STREAMS"] = str(settings.get("streams", 1))
+        precision = str(settings.get("inference_precision", "f32"))
+        if precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if settings.get("perf_counters"):
+            config["PERF_COUNT"] = True
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError with a long message
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            msg = f"openvino cannot load {path} on {device}: {first}"
+            raise BackendError(msg) from err
+        self.request = self.compiled.create_infer_request()
+        shape = model.inputs[0].get_partial_shape()
+        self.shape = [d.get_length() if d.is_static else None for d in shape]
+        self.layout = _layout(meta, self.shape)
+        self.version = ov.get_version()
+        self.device = device
+        self.threads = options.threads
+        self.config = {k: str(v) for k, v in config.items()}
+
+    def batch_sizes(self) -> tuple[int, ...] | None:
+        first = self.shape[0] if self.shape else None
+        return (first,) if isinstance(first, int) else None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        x = batch.transpose(0, 2, 3, 1) if self.layout == "NHWC" else batch
+        self.request.infer([np.ascontiguousarray(x, dtype=np.float32)])
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "openvino", "version": self.version, "provider": self.device,
+                "device": self.device.lower(), "threads": self.threads, "layout": self.layout,
+                "config": self.config}
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def load(self, path: Path, meta: dict[str, Any], options: RuntimeOptions) -> OpenVinoSession:
+        return OpenVinoSession(path, meta, options)

@@ -1,0 +1,287 @@
+"""The shared training loop: train, pruning fine-tune, distillation and QAT all call :func:`fit`.
+
+Each epoch ends with a checkpoint in the stage's work folder (model, optimizer, schedule, best
+weights); an interrupted stage resumes from it.
+
+Under ``torchrun`` (``ctx.dist.world_size`` > 1) the model, with any ``extra`` modules, is wrapped
+in DistributedDataParallel; each rank trains on its shard of the training set (DistributedSampler)
+with ``batch_size / world_size`` images per step, so the global batch, the steps per epoch and the
+learning-rate schedule match a one-process run. Validation is sharded too and its counts are summed
+over ranks, so every rank takes the same best-epoch and early-stop decisions; only rank 0 writes
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from compressor.core.artifacts import atomic_write
+from compressor.core.config import Strict
+from compressor.core.context import StageContext
+from compressor.core.distributed import all_reduce_sum
+from compressor.errors import CompressorError
+from compressor.metrics.classification import predict
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainOptions(Strict):
+    """Optimisation settings shared by every stage that trains."""
+
+    epochs: int = Field(10, ge=1, le=10000)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    warmup_epochs: int = Field(0, ge=0)
+    batch_size: int | None = Field(None, ge=1, description="Default: data.batch_size.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    early_stop_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better val top-1.")
+    amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
+
+
+@dataclass
+class FitResult:
+    """``best_top1`` holds the task's primary metric (``metric``: top1, or rank1 / map for embeddings)."""
+
+    best_top1: float
+    epochs_run: int
+    resumed_from_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    metric: str = "top1"
+
+
+def _optimizer(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
+    if opts.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay,
+                           nesterov=opts.momentum > 0)
+
+
+def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def val_score(model: nn.Module, ctx: StageContext) -> float:
+    """The task's primary metric (%) on the validation split: top-1, or rank-1 / mAP for embeddings.
+
+    Classification under torchrun: each rank scores a slice and counts are summed. Retrieval ranks
+    every query against the whole gallery, so each rank scores the whole split (the same result).
+    """
+    from compressor.metrics.evaluation import task_of
+
+    task = task_of(ctx)
+    images, labels = ctx.data.val_arrays()
+    if task.is_embedding:
+        return round(task.value(predict(model, images, ctx.device), labels), 3)
+    dist = ctx.dist
+    if dist.enabled:
+        images, labels = images[dist.rank :: dist.world_size], labels[dist.rank :: dist.world_size]
+    correct = float((predict(model, images, ctx.device).argmax(1) == labels).sum()) if len(labels) else 0.0
+    correct, count = all_reduce_sum(dist, [correct, float(len(labels))], ctx.device)
+    return round(correct / max(count, 1.0) * 100, 3)
+
+
+val_top1 = val_score  # the name stages have always used; it follows the task
+
+
+def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Module]:
+    """The recipe's embedding objective for ``model``: the loss and the head module (train-only) it uses."""
+    from compressor.train.embedding import objective_for
+
+    emb = ctx.task.require_embedding()
+    objective = objective_for(emb, model, len(ctx.data.classes), ctx.data.input_shape, ctx.device)
+
+    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return objective(m(x), y)
+
+    return loss, objective
+
+
+class _Joint(nn.Module):
+    """The model plus extra trainable modules, so that DDP synchronises the gradients of both.
+
+    ``forward`` is the model's; the extra modules are used by the loss function outside it.
+    """
+
+    def __init__(self, model: nn.Module, extra: nn.Module):
+        super().__init__()
+        self.model = model
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _wrap_ddp(model: nn.Module, extra: nn.Module | None, ctx: StageContext) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    joint = model if extra is None else _Joint(model, extra)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(joint, device_ids=device_ids)
+
+
+def _sync_buffers(model: nn.Module, ctx: StageContext) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics) before evaluating and saving."""
+    if ctx.dist.enabled:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def fit(
+    model: nn.Module,
+    ctx: StageContext,
+    opts: TrainOptions,
+    loss_fn: LossFn | None = None,
+    extra: nn.Module | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place; on return it holds the weights with the best validation top-1.
+
+    Args:
+        model: the model to train.
+        ctx: stage context (data, device, work folder for epoch checkpoints, progress).
+        opts: optimisation settings.
+        loss_fn: ``loss_fn(model, images, labels) -> loss``; default cross-entropy with label smoothing.
+        extra: further trainable modules (e.g. distillation adapters), optimised and checkpointed too.
+        desc: label for progress bars and checkpoint files (one stage may call fit several times).
+    """
+    from compressor.metrics.evaluation import task_of
+
+    torch.manual_seed(ctx.seed)
+    device = ctx.device
+    model.to(device)
+    task = task_of(ctx)
+    if loss_fn is None and task.is_embedding:
+        # the identity head trains with the model but stays out of it (and out of the saved artifact)
+        loss_fn, head = embedding_loss(model, ctx)
+        extra = head if extra is None else nn.ModuleList([extra, head])
+    if extra is not None:
+        extra.to(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+    compute_loss = loss_fn or (lambda m, x, y: criterion(m(x), y))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if extra is not None:
+        params += [p for p in extra.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, opts)
+    dist = ctx.dist
+    batch_size = opts.batch_size or ctx.data.config.batch_size
+    sampler: Any = None
+    if dist.enabled:
+        from torch.utils.data import DistributedSampler
+
+        batch_size = max(1, batch_size // dist.world_size)
+        sampler = DistributedSampler(ctx.data.train, num_replicas=dist.world_size, rank=dist.rank,  # type: ignore[arg-type]
+                                     shuffle=True, seed=ctx.seed, drop_last=False)
+    pk = None
+    pk_sampler = ctx.task.require_embedding().loss.sampler if task.is_embedding else None
+    if pk_sampler is not None:
+        if dist.enabled:
+            msg = ("embedding.loss.sampler (P x K batches) runs in one process; remove it for torchrun "
+                   "(shuffled shards are used instead)")
+            raise CompressorError(msg)
+        pk = (pk_sampler.identities, pk_sampler.images)
+    trained = _wrap_ddp(model, extra, ctx) if dist.enabled else model
+    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler, pk=pk))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
+    )
+    use_amp = opts.amp and device.type == "cuda"
+
+    ckpt_path = ctx.work_dir / f"{desc}-last.pt"
+    start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
+    history: list[dict[str, float]] = []
+    if ckpt_path.exists():
+        initial = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (model, extra) if m is not None]
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            epoch_fields = state["epoch"], state["best_top1"], state["best_state"], state["bad_epochs"], state["history"]
+            model.load_state_dict(state["model"])
+            if extra is not None and "extra" in state:
+                extra.load_state_dict(state["extra"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, best_top1, best_state, bad_epochs, history = epoch_fields
+            if "rng" in state:  # augmentation draws continue as if the run had not stopped
+                torch.set_rng_state(state["rng"])
+            ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the epochs, not the run
+            for m, weights in zip((model, extra), initial, strict=False):
+                m.load_state_dict(weights)  # type: ignore[union-attr]
+            ctx.log(f"{ctx.name}: epoch checkpoint {ckpt_path} is unreadable ({type(err).__name__}: "
+                    f"{str(err)[:120]}); starting {desc} over")
+            ckpt_path.unlink(missing_ok=True)
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, opts.epochs):
+        model.train()
+        if extra is not None:
+            extra.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
+        losses = []
+        for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = compute_loss(trained, x, y)
+            if not torch.isfinite(loss):
+                msg = f"{ctx.name}: loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {opts.lr})"
+                raise FloatingPointError(msg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if opts.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, opts.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        _sync_buffers(model, ctx)
+        top1 = val_score(model, ctx)
+        loss_sum, loss_count = all_reduce_sum(dist, [float(np.sum(losses)), float(len(losses))], device)
+        mean_loss = loss_sum / max(loss_count, 1.0)
+        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), f"val_{task.primary}": top1})
+        if top1 > best_top1:
+            best_top1, bad_epochs = top1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        snapshot: dict[str, Any] = {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_state": best_state,
+            "bad_epochs": bad_epochs, "history": history, "rng": torch.get_rng_state(),
+        }
+        if extra is not None:
+            snapshot["extra"] = extra.state_dict()
+
+        def save(tmp: Path, s: dict[str, Any] = snapshot) -> None:
+            torch.save(s, tmp)
+
+        if dist.is_main:
+            atomic_write(ckpt_path, save)
+        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val {task.label} {top1:.2f}")
+        if opts.early_stop_patience is not None and bad_epochs >= opts.early_stop_patience:
+            ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({bad_epochs} epochs without improvement)")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
+                     metric=task.primary)

@@ -1,0 +1,400 @@
+"""Structural channel pruning on torch-pruning's dependency graph, safe for channel shuffles.
+
+torch-pruning (DepGraph) groups every channel that must be removed together (a convolution's
+outputs, the BatchNorm after it, the inputs of its consumers, both sides of a residual add or a
+concatenation) and removes whole groups, so the model really gets smaller. Two things it does not
+handle are fenced off here before it sees them:
+
+* Channel-mixing reshapes (ShuffleNetV2's ``channel_shuffle``: view, transpose, view; also
+  pixel shuffle and any permute) break its shape inference. While the graph is traced, such
+  operations run through :class:`ChannelMixing`, an opaque node, and every group that reaches one
+  is frozen: those channels stay, everything else is pruned. In ShuffleNetV2 that keeps the
+  widths between blocks (the branch outputs) and prunes the inside of every branch, the stem and
+  the last 1x1 convolution.
+* Layers with parameters that cannot be pruned and rebuilt from JSON are refused by module name;
+  listed in ``ignore_layers`` they are kept whole and the groups that touch them are frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from compressor.core.config import Strict
+from compressor.errors import MissingExtraError, PruningError, did_you_mean
+from compressor.metrics.classification import count_macs
+from compressor.train.models import LAYER_TYPES
+
+Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
+Sparsity = Literal["group_norm", "bn_l1"]
+
+
+class PruneOptions(Strict):
+    """What to prune and how much; shared by the ``prune`` stage and the pruning benchmark."""
+
+    importance: Importance = Field("l1", description="Channel importance: l1/l2 magnitude of the group, "
+                                   "bn_scale (BatchNorm gammas), taylor (|w * dL/dw|, needs data), random.")
+    allocation: Literal["global", "uniform"] = Field(
+        "global", description="global: rank channels across all layers; uniform: the same ratio in every layer.")
+    macs_reduction: float | None = Field(None, gt=0, lt=1, description="Fraction of MACs to remove (0.5 = 2x "
+                                         "fewer); 0.5 when neither target is given.")
+    channel_ratio: float | None = Field(None, gt=0, lt=1, description="Fraction of prunable channels to remove.")
+    round_to: int | None = Field(8, ge=1, description="Keep pruned widths a multiple of this (SIMD/GPU friendly).")
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="A layer that has lost this fraction of its channels "
+                                   "is pruned no further (torch-pruning's max_pruning_ratio; one global step "
+                                   "can overshoot it).")
+    ignore_layers: list[str] = Field(default_factory=list, description="Module names left whole (with their submodules).")
+    ignore_types: list[str] = Field(default_factory=list, description="Module class names left whole, e.g. SqueezeExcitation.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in ("macs_reduction", "channel_ratio") if data.get(k) is not None]
+            if len(given) == 2:
+                msg = "give one target, not both: macs_reduction (fraction of MACs to remove) or channel_ratio"
+                raise ValueError(msg)
+            if not given:
+                data = {**data, "macs_reduction": 0.5}
+        return data
+
+
+def _tp() -> Any:
+    try:
+        import torch_pruning
+    except ImportError as err:
+        what = "the prune stage"
+        raise MissingExtraError(what, "prune", "torch-pruning") from err
+    return torch_pruning
+
+
+# --- tracing: channel-mixing reshapes become opaque nodes -------------------------------------
+
+class ChannelMixing(torch.autograd.Function):
+    """Runs a reshape/permute as one opaque autograd node (graph tracing only, never trained)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        return fn(x, *args, **kwargs).clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        msg = "ChannelMixing is a tracing placeholder and has no gradient"
+        raise RuntimeError(msg)
+
+
+_MIXING_FUNCS = {
+    torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.transpose, torch.transpose,
+    torch.Tensor.permute, torch.permute, torch.Tensor.flatten, torch.flatten, torch.Tensor.unflatten,
+    torch.unflatten, torch.Tensor.swapaxes, torch.swapaxes, torch.Tensor.movedim, torch.movedim,
+    torch.channel_shuffle, torch.pixel_shuffle, torch.pixel_unshuffle, torch.nn.functional.pixel_shuffle,
+    torch.nn.functional.pixel_unshuffle,
+}
+
+
+def _keeps_channels(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Shape-preserving, or a flatten of everything after the batch dim (handled by torch-pruning)."""
+    if tuple(out.shape) == tuple(x.shape):
+        return True
+    return x.ndim > 2 and out.ndim == 2 and out.shape[0] == x.shape[0] and out.shape[1] == x[0].numel()
+
+
+_EVEN_SPLITS = {torch.Tensor.chunk, torch.chunk, torch.Tensor.split, torch.split}
+
+
+def _explicit_split(func: Any, x: torch.Tensor, arg: Any, dim: int) -> Any:
+    """chunk/split with one size -> split_with_sizes, whose saved sizes torch-pruning reads correctly."""
+    n = x.shape[dim]
+    if func in (torch.Tensor.chunk, torch.chunk):
+        size = -(-n // arg)
+    elif isinstance(arg, int):
+        size = arg
+    else:
+        return None
+    sizes = [min(size, n - i) for i in range(0, n, size)]
+    return torch.split(x, sizes, dim)
+
+
+class _TraceMode(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _EVEN_SPLITS and len(args) >= 2 and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            out = _explicit_split(func, args[0], args[1], dim)
+            if out is not None:
+                return out
+        if func in _MIXING_FUNCS and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and not _keeps_channels(args[0], out):
+                return ChannelMixing.apply(args[0], func, tuple(args[1:]), kwargs)
+            return out
+        return func(*args, **kwargs)
+
+
+def _grad_fn_name(node: Any) -> str:
+    fn = getattr(node, "grad_fn", None)
+    return fn.name() if fn is not None and hasattr(fn, "name") else ""
+
+
+# --- model inspection ---------------------------------------------------------------------------
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the last Conv2d/Linear executed: the classifier, whose outputs are the classes."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=name: order.append(n))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[-1:]
+
+
+def resolve_ignored(model: nn.Module, opts: PruneOptions, example: torch.Tensor) -> dict[str, str]:
+    """Module name -> why it is left whole. Unknown names or types are errors with a suggestion."""
+    modules = dict(model.named_modules())
+    ignored = {name: "classifier" for name in output_layers(model, example)}
+    for name in opts.ignore_layers:
+        if name not in modules:
+            msg = f"prune.ignore_layers: the model has no module '{name}'{did_you_mean(name, modules)}"
+            raise PruningError(msg)
+        ignored[name] = "ignore_layers"
+    types = {type(m).__name__ for m in modules.values()}
+    for type_name in opts.ignore_types:
+        if type_name not in types:
+            msg = (f"prune.ignore_types: the model has no module of type '{type_name}'"
+                   f"{did_you_mean(type_name, types)}")
+            raise PruningError(msg)
+        ignored.update({n: "ignore_types" for n, m in modules.items() if type(m).__name__ == type_name and n})
+    return ignored
+
+
+def _covered(name: str, ignored: dict[str, str]) -> bool:
+    return any(name == n or name.startswith(n + ".") or n == "" for n in ignored)
+
+
+def unsupported_layers(model: nn.Module, ignored: dict[str, str]) -> list[str]:
+    """Modules holding parameters that cannot be pruned and saved as JSON, not covered by ``ignored``."""
+    bad = []
+    for name, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if LAYER_TYPES.get(type(module).__name__) is type(module):
+            continue
+        if not _covered(name, ignored):
+            bad.append(f"'{name}' ({type(module).__name__})")
+    return bad
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv2d and Linear layer."""
+    return {name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+# --- the pruner -----------------------------------------------------------------------------------
+
+def _importance(tp: Any, kind: Importance) -> Any:
+    imp = tp.importance
+    return {
+        "l1": lambda: imp.GroupMagnitudeImportance(p=1),
+        "l2": lambda: imp.GroupMagnitudeImportance(p=2),
+        "bn_scale": lambda: imp.BNScaleImportance(),
+        "taylor": lambda: imp.GroupTaylorImportance(),
+        "random": lambda: imp.RandomImportance(),
+    }[kind]()
+
+
+class ChannelPruner:
+    """One torch-pruning pruner over ``model`` (pruned in place), stepped towards a MACs or channel target.
+
+    Args:
+        model: the model to prune.
+        example: an input batch for tracing and MAC counting (batch 1).
+        opts: targets and allocation.
+        steps: number of schedule steps the target is reached in.
+        sparsity: build the regularizing pruner for sparsity training (group norm or BN L1).
+        reg: regularization strength for ``sparsity``.
+    """
+
+    # A MACs target is approached on a grid of 1% of channels (see prune_step).
+    MICRO_STEP = 0.01
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, opts: PruneOptions, steps: int = 1,
+                 sparsity: Sparsity | None = None, reg: float = 1e-4):
+        tp = _tp()
+        self.tp, self.model, self.example, self.opts, self.steps = tp, model, example, opts, steps
+        self.ignored = resolve_ignored(model, opts, example)
+        bad = unsupported_layers(model, self.ignored)
+        if bad:
+            msg = (f"cannot prune layer {bad[0]}: torch-pruning cannot remove its channels, or the result "
+                   f"cannot be saved without pickling ({len(bad)} such layer(s): {', '.join(bad[:5])}). "
+                   f"Leave it whole with ignore_layers: [{bad[0].split(' ')[0]}] (or ignore_types)")
+            raise PruningError(msg)
+        modules = dict(model.named_modules())
+        self.base_macs = count_macs(model, tuple(example.shape[1:]))
+        self.base_widths = layer_widths(model)
+        if opts.macs_reduction is not None:
+            ratio = opts.max_layer_ratio
+            micro = max(steps, round(ratio / self.MICRO_STEP))
+        else:
+            assert opts.channel_ratio is not None
+            ratio, micro = opts.channel_ratio, steps
+        kwargs: dict[str, Any] = dict(
+            importance=_importance(tp, opts.importance), global_pruning=opts.allocation == "global",
+            pruning_ratio=ratio, max_pruning_ratio=opts.max_layer_ratio, iterative_steps=micro,
+            ignored_layers=[modules[n] for n in self.ignored], round_to=opts.round_to,
+        )
+        cls = tp.pruner.BasePruner
+        if sparsity == "group_norm":
+            cls, kwargs["reg"] = tp.pruner.GroupNormPruner, reg
+        elif sparsity == "bn_l1":
+            cls, kwargs["reg"] = tp.pruner.BNScalePruner, reg
+        was_training = model.training
+        try:
+            with torch.enable_grad(), _TraceMode():
+                self.pruner = cls(model, example, **kwargs)
+        except PruningError:
+            raise
+        except Exception as err:  # noqa: BLE001 - graph tracing fails in many ways; name the cause
+            msg = (f"torch-pruning could not trace the model ({type(err).__name__}: {err}); leave the "
+                   "offending block whole with ignore_layers or ignore_types")
+            raise PruningError(msg) from err
+        model.train(was_training)
+        self.frozen = self._freeze_unsafe_groups()
+        self.prunable = self._prunable_layers()
+
+    def _freeze_unsafe_groups(self) -> dict[str, str]:
+        """Ignore every group that crosses a channel-mixing op or touches an ignored layer's parameters."""
+        dg = self.pruner.DG
+        ignored_modules = [m for n in self.ignored for m in dict(self.model.named_modules())[n].modules()]
+        ignored_params = {id(p) for m in ignored_modules for p in m.parameters(recurse=False)}
+        names = {m: n for n, m in self.model.named_modules()}
+        frozen: dict[str, str] = {}
+        for group in list(dg.get_all_groups(ignored_layers=self.pruner.ignored_layers,
+                                            root_module_types=self.pruner.root_module_types)):
+            nodes = [n for dep, _ in group for n in (dep.source, dep.target)]
+            if any("ChannelMixing" in _grad_fn_name(n) for n in nodes):
+                reason = "coupled through a channel shuffle/reshape"
+            elif any(isinstance(n.module, nn.Parameter) and id(n.module) in ignored_params for n in nodes):
+                reason = "feeds an ignored layer"
+            else:
+                continue
+            for dep, _ in group:
+                module = dep.target.module
+                if isinstance(module, nn.Module) and dg.is_out_channel_pruning_fn(dep.handler):
+                    self.pruner.ignored_layers.append(module)
+                    if module in names and isinstance(module, nn.Conv2d | nn.Linear):
+                        frozen[names[module]] = reason
+        if frozen and hasattr(self.pruner, "update_regularizer"):
+            self.pruner.update_regularizer()
+        return frozen
+
+    def _prunable_layers(self) -> list[str]:
+        names = {m: n for n, m in self.model.named_modules()}
+        roots = [names.get(g[0].dep.target.module, "?") for g in self.pruner.DG.get_all_groups(
+            ignored_layers=self.pruner.ignored_layers, root_module_types=self.pruner.root_module_types)]
+        return roots
+
+    def macs(self) -> int:
+        return count_macs(self.model, tuple(self.example.shape[1:]))
+
+    def _step_to(self, k: int) -> None:
+        """Prune to the ``k``-th ratio of the pruner's schedule (ratios are absolute, so steps may be skipped)."""
+        self.pruner.current_step = k - 1
+        with torch.enable_grad():
+            self.pruner.step()
+
+    def prune_step(self, step: int) -> int:
+        """Prune up to schedule step ``step`` (1-based) and return the MACs after it.
+
+        A MACs target is approached on a grid of 1% of channels: each jump goes most of the way to the
+        ratio predicted by ``macs ~ base * (1 - ratio) ** a``, with ``a`` fitted to what pruning did
+        so far, so a target takes a handful of importance evaluations rather than one per grid point.
+
+        Raises:
+            PruningError: nothing can be pruned, or the MACs target is out of reach.
+        """
+        if not self.prunable:
+            msg = (f"nothing to prune: every prunable layer is ignored or frozen ({len(self.ignored)} ignored: "
+                   f"{', '.join(list(self.ignored)[:5])}; {len(self.frozen)} frozen); achievable MACs reduction: 0%")
+            raise PruningError(msg)
+        if self.opts.channel_ratio is not None:
+            self._step_to(step)
+            return self.macs()
+        assert self.opts.macs_reduction is not None
+        target = self.base_macs * (1 - self.opts.macs_reduction * step / self.steps)
+        grid, top = self.pruner.iterative_steps, self.opts.max_layer_ratio
+        k, macs = self.pruner.current_step, self.macs()
+        while macs > target and k < grid:
+            frac, ratio = macs / self.base_macs, k / grid * top
+            power = math.log(frac) / math.log(1 - ratio) if ratio > 0.005 and frac < 0.995 else 2.0
+            power = min(max(power, 0.5), 4.0)
+            wanted = (1 - (target / self.base_macs) ** (1 / power)) / top * grid
+            k = min(grid, max(k + 1, k + math.floor((0.95 if k else 0.75) * (wanted - k))))
+            self._step_to(k)
+            macs = self.macs()
+        if macs > target:
+            done = 1 - macs / self.base_macs
+            msg = (f"macs_reduction {self.opts.macs_reduction} cannot be met: removing up to max_layer_ratio "
+                   f"{self.opts.max_layer_ratio} of every prunable layer (round_to {self.opts.round_to}, "
+                   f"{len(self.ignored)} ignored and {len(self.frozen)} frozen layers) achieves "
+                   f"{done:.1%} fewer MACs; lower macs_reduction, raise max_layer_ratio or ignore fewer layers")
+            raise PruningError(msg)
+        return macs
+
+    def regularization_terms(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """The gradient torch-pruning's sparsity regularizer adds to each parameter, at current weights."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        self.pruner.regularize(self.model)
+        terms = [(p, p.grad.detach().clone()) for p in params if p.grad is not None and bool(p.grad.any())]
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+        return terms
+
+
+def check_runs(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
+    """The pruned model must still run and give outputs of the original shape."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception as err:  # noqa: BLE001
+        msg = (f"the pruned model no longer runs ({type(err).__name__}: {err}); a layer whose forward "
+               "hard-codes channel counts must be left whole with ignore_layers")
+        raise PruningError(msg) from err
+    if out.shape != expected:
+        msg = f"the pruned model's output shape changed from {tuple(expected)} to {tuple(out.shape)}"
+        raise PruningError(msg)
+
+
+def prune_model(model: nn.Module, example: torch.Tensor, opts: PruneOptions) -> dict[str, Any]:
+    """Prune ``model`` in place in one step (no data, no fine-tune); returns MACs and widths before/after."""
+    with torch.no_grad():
+        expected = model.eval()(example).shape
+    pruner = ChannelPruner(model, example, opts)
+    params_before = sum(p.numel() for p in model.parameters())
+    macs = pruner.prune_step(1)
+    check_runs(model, example, expected)
+    return {
+        "macs_before": pruner.base_macs, "macs_after": macs,
+        "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters()),
+        "channels": channels_kept(pruner.base_widths, layer_widths(model)),
+        "frozen": pruner.frozen, "ignored": pruner.ignored,
+    }
+
+
+def channels_kept(before: dict[str, int], after: dict[str, int]) -> dict[str, list[int]]:
+    """Layer -> [channels before, channels kept], for layers that lost channels."""
+    return {name: [before[name], after[name]] for name in before if after.get(name, before[name]) != before[name]}
+
+
