@@ -92,6 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         msg = f"--nproc must be at least 1 (got {args.nproc})"
         raise CompressorError(msg)
+    if args.out:
+        from compressor.core.readers import check_output_folder
+
+        check_output_folder(Path(args.out))
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
@@ -129,11 +133,14 @@ def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from compressor.core.readers import check_output_folder
     from compressor.errors import GateFailed
     from compressor.recipe import load_recipe
     from compressor.release.gates import gate_table, summary
     from compressor.releasing import make_release
 
+    if args.out:
+        check_output_folder(Path(args.out))
     recipe = load_recipe(Path(args.recipe))
     result = make_release(
         recipe, args.version, out=Path(args.out) if args.out else None,
@@ -185,17 +192,14 @@ def _targets_from(args: argparse.Namespace) -> list:
 
     targets = [parse_target(spec) for spec in args.target or []]
     if args.targets_file:
-        import yaml
         from pydantic import TypeAdapter, ValidationError
 
+        from compressor.core.readers import read_yaml_file
         from compressor.runtime.targets import TargetConfig
 
         path = Path(args.targets_file)
-        if not path.is_file():
-            msg = f"--targets-file {path} does not exist"
-            raise CompressorError(msg)
         try:
-            targets += TypeAdapter(list[TargetConfig]).validate_python(yaml.safe_load(path.read_text()))
+            targets += TypeAdapter(list[TargetConfig]).validate_python(read_yaml_file(path, "targets"))
         except ValidationError as err:
             first = err.errors()[0]
             msg = f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
@@ -215,7 +219,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as err:
             msg = f"--preprocess is not JSON ({err}); e.g. '{{\"crop\": 224, \"channels\": 3}}'"
             raise CompressorError(msg) from err
-    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    from compressor.core.readers import check_output_folder
+
+    out = check_output_folder(Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}"))
     timing = {"warmup": args.warmup, "min_iters": args.min_iters, "time_budget_s": args.time_budget_s,
               "max_iters": args.max_iters, "requests": args.requests}
     path = run_bench([Path(p) for p in args.artifacts], _targets_from(args), out, args.data, preprocess,
