@@ -38,8 +38,8 @@ from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
-from compressor.core.readers import check_output_folder
-from compressor.errors import CompressorError, RunLockedError, StageError
+from compressor.core.readers import check_output_folder, describe_non_finite, non_finite_tensors
+from compressor.errors import CompressorError, ModelSourceError, RunLockedError, StageError
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
 from compressor.runtime.envinfo import environment
 from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
@@ -231,6 +231,10 @@ class Engine:
         model = build_model(src, self._classes(), self._in_channels())
         if src.checkpoint is not None:
             load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
+        elif bad := non_finite_tensors(model.state_dict()):
+            spec = src.entry_point or src.arch
+            msg = f"model source {spec} builds weights holding NaN/Inf: {describe_non_finite(bad)}; fix its initialisation"
+            raise ModelSourceError(msg)
         meta = model_meta(src, self._classes(), self._in_channels())
         if self.recipe.task == "embedding":
             from compressor.train.embedding import embedding_net, embedding_spec

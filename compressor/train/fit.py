@@ -133,7 +133,7 @@ def divergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: fl
     """
     bad_weights = []
     largest_w, largest_name = 0.0, ""
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    for name, tensor in model.named_parameters():  # buffers (running statistics) follow the data
         if not tensor.is_floating_point():
             continue
         bad, largest = _finite_summary(tensor)
