@@ -115,8 +115,9 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse one YAML document with safe types only; bad syntax, a tag or a key given twice is a RecipeError."""
     import yaml
 
-    loader = _yaml_loader()(text)
+    loader = None
     try:
+        loader = _yaml_loader()(text)  # its reader refuses control characters here already
         root = loader.get_single_node()
         doc = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as err:
@@ -127,7 +128,9 @@ def parse_yaml(text: str, source: str) -> Any:
                 if "constructor for the tag" in problem else "; fix the syntax there")
         raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}{hint}")]) from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    assert loader is not None
     if loader.duplicates:
         paths = _node_paths(root)
         problems = []
