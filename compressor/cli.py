@@ -7,9 +7,9 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compressor import __version__
 from compressor.errors import CompressorError
@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
     recipe = load_recipe(Path(args.recipe), overrides)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
-                        show_progress=False if args.quiet else None)
+                        show_progress=False if args.quiet else None, stages=args.stages)
     if not dist.is_main:
         return 0  # rank 0 prints the summary for the job
     manifest = json.loads(result.manifest_path.read_text())
@@ -139,6 +139,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         recipe, args.version, out=Path(args.out) if args.out else None,
         baseline=Path(args.baseline) if args.baseline else None, force=args.force,
         log=_log if not args.quiet else (lambda _m: None), show_progress=False if args.quiet else None,
+        stages=args.stages,
     )
     print(f"\nrelease {recipe.name} {args.version}\n")
     print(gate_table(result.results) + summary(result.results))
@@ -302,9 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, stages: Mapping[str, Any] | None = None) -> int:
+    """The command line; ``stages`` replaces the stage registry (default: :data:`compressor.registry.STAGES`)."""
+    from compressor.registry import STAGES
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.stages = STAGES if stages is None else stages
     try:
         return int(args.func(args))
     except CompressorError as err:

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
 from compressor.errors import CompressorError, RunLockedError, StageError
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
+from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
 from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
 
@@ -140,8 +141,10 @@ def _file_records(folder: Path, artifact: Artifact) -> list[dict[str, Any]]:
 class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
-    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None):
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
+                 stages: Mapping[str, StageEntry] = STAGES):
         self.recipe = recipe
+        self.stages = stages  # stage type -> entry whose run function the engine calls
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -367,7 +370,7 @@ class Engine:
                     key = self.stage_key(stage, inputs)
 
                     def call(ctx: StageContext, stage: Stage = stage) -> StageOutput:
-                        return stage.entry.run(stage.config, ctx)
+                        return get_stage(stage.type, self.stages).run(stage.config, ctx)
 
                     try:
                         record = self._execute(stage.name, stage.type, key, inputs, stage.refs,
@@ -391,6 +394,7 @@ class Engine:
         return RunResult(self.out_dir, manifest_path, report_path, self.records)
 
 
-def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None) -> RunResult:
+def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
+               stages: Mapping[str, StageEntry] = STAGES) -> RunResult:
     """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress).run()
+    return Engine(recipe, log=log, show_progress=show_progress, stages=stages).run()
