@@ -45,7 +45,7 @@ from compressor.runtime.envinfo import environment
 from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
