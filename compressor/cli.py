@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from compressor.recipe import load_recipe
 
     for path in args.recipes:
-        recipe = load_recipe(Path(path))
+        recipe = load_recipe(Path(path), registry=args.registry)
         print(f"{path}: ok ({len(recipe.stages)} stages: {', '.join(s.name for s in recipe.stages)})")
     return 0
 
@@ -95,9 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
-    recipe = load_recipe(Path(args.recipe), overrides)
+    recipe = load_recipe(Path(args.recipe), overrides, args.registry)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
-                        show_progress=False if args.quiet else None, stages=args.stages)
+                        show_progress=False if args.quiet else None, registry=args.registry)
     if not dist.is_main:
         return 0  # rank 0 prints the summary for the job
     manifest = json.loads(result.manifest_path.read_text())
@@ -134,12 +134,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     from compressor.release.gates import gate_table, summary
     from compressor.releasing import make_release
 
-    recipe = load_recipe(Path(args.recipe))
+    recipe = load_recipe(Path(args.recipe), registry=args.registry)
     result = make_release(
         recipe, args.version, out=Path(args.out) if args.out else None,
         baseline=Path(args.baseline) if args.baseline else None, force=args.force,
         log=_log if not args.quiet else (lambda _m: None), show_progress=False if args.quiet else None,
-        stages=args.stages,
+        registry=args.registry,
     )
     print(f"\nrelease {recipe.name} {args.version}\n")
     print(gate_table(result.results) + summary(result.results))
@@ -303,13 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, stages: Mapping[str, Any] | None = None) -> int:
-    """The command line; ``stages`` replaces the stage registry (default: :data:`compressor.registry.STAGES`)."""
+def main(argv: Sequence[str] | None = None, registry: Mapping[str, Any] | None = None) -> int:
+    """The command line; ``registry`` replaces the stage registry (default: :data:`compressor.registry.STAGES`)."""
     from compressor.registry import STAGES
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.stages = STAGES if stages is None else stages
+    args.registry = STAGES if registry is None else registry
     try:
         return int(args.func(args))
     except CompressorError as err:

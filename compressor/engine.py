@@ -142,9 +142,9 @@ class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-                 stages: Mapping[str, StageEntry] = STAGES):
+                 registry: Mapping[str, StageEntry] = STAGES):
         self.recipe = recipe
-        self.stages = stages  # stage type -> entry whose run function the engine calls
+        self.registry = registry  # stage type -> entry whose run function the engine calls
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -370,7 +370,7 @@ class Engine:
                     key = self.stage_key(stage, inputs)
 
                     def call(ctx: StageContext, stage: Stage = stage) -> StageOutput:
-                        return get_stage(stage.type, self.stages).run(stage.config, ctx)
+                        return get_stage(stage.type, self.registry).run(stage.config, ctx)
 
                     try:
                         record = self._execute(stage.name, stage.type, key, inputs, stage.refs,
@@ -395,6 +395,6 @@ class Engine:
 
 
 def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-               stages: Mapping[str, StageEntry] = STAGES) -> RunResult:
+               registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
     """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress, stages=stages).run()
+    return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 _pause()
 
         cli._log = pausing_log  # type: ignore[assignment]
-    stages = dict(STAGES)
+    registry = dict(STAGES)
     if args.after_stage:
         for name, entry in STAGES.items():
             def run(cfg: Any, ctx: Any, real: Any = entry.run) -> Any:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                     _pause()
                 return output
 
-            stages[name] = dataclasses.replace(entry, run=run)
-    return cli.main(cli_args, stages=stages)
+            registry[name] = dataclasses.replace(entry, run=run)
+    return cli.main(cli_args, registry=registry)
 
 
 def _child(request: dict) -> int:
