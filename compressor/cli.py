@@ -7,9 +7,9 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from compressor import __version__
 from compressor.errors import CompressorError
@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from compressor.recipe import load_recipe
 
     for path in args.recipes:
-        recipe = load_recipe(Path(path))
+        recipe = load_recipe(Path(path), registry=args.registry)
         print(f"{path}: ok ({len(recipe.stages)} stages: {', '.join(s.name for s in recipe.stages)})")
     return 0
 
@@ -99,9 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
-    recipe = load_recipe(Path(args.recipe), overrides)
+    recipe = load_recipe(Path(args.recipe), overrides, args.registry)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
-                        show_progress=False if args.quiet else None)
+                        show_progress=False if args.quiet else None, registry=args.registry)
     if not dist.is_main:
         return 0  # rank 0 prints the summary for the job
     manifest = json.loads(result.manifest_path.read_text())
@@ -141,11 +141,12 @@ def cmd_release(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_folder(Path(args.out))
-    recipe = load_recipe(Path(args.recipe))
+    recipe = load_recipe(Path(args.recipe), registry=args.registry)
     result = make_release(
         recipe, args.version, out=Path(args.out) if args.out else None,
         baseline=Path(args.baseline) if args.baseline else None, force=args.force,
         log=_log if not args.quiet else (lambda _m: None), show_progress=False if args.quiet else None,
+        registry=args.registry,
     )
     print(f"\nrelease {recipe.name} {args.version}\n")
     print(gate_table(result.results) + summary(result.results))
@@ -308,9 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, registry: Mapping[str, Any] | None = None) -> int:
+    """The command line; ``registry`` replaces the stage registry (default: :data:`compressor.registry.STAGES`)."""
+    from compressor.registry import STAGES
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.registry = STAGES if registry is None else registry
     try:
         return int(args.func(args))
     except CompressorError as err:

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,11 +41,12 @@ from compressor.core.distributed import SINGLE, barrier, broadcast_object, devic
 from compressor.core.readers import check_output_folder, describe_non_finite, non_finite_tensors
 from compressor.errors import CompressorError, ModelSourceError, RunLockedError, StageError
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
+from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
 from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -161,8 +162,10 @@ def _file_records(folder: Path, artifact: Artifact) -> list[dict[str, Any]]:
 class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
-    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None):
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
+                 registry: Mapping[str, StageEntry] = STAGES):
         self.recipe = recipe
+        self.registry = registry  # stage type -> entry whose run function the engine calls
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -402,7 +405,7 @@ class Engine:
                     key = self.stage_key(stage, inputs)
 
                     def call(ctx: StageContext, stage: Stage = stage) -> StageOutput:
-                        return stage.entry.run(stage.config, ctx)
+                        return get_stage(stage.type, self.registry).run(stage.config, ctx)
 
                     try:
                         record = self._execute(stage.name, stage.type, key, inputs, stage.refs,
@@ -426,6 +429,7 @@ class Engine:
         return RunResult(self.out_dir, manifest_path, report_path, self.records)
 
 
-def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None) -> RunResult:
+def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
+               registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
     """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress).run()
+    return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -190,7 +191,7 @@ def _stage_refs(raw: dict[str, Any], entry: StageEntry) -> dict[str, Any]:
     return {field: raw[field] for field in entry.refs if raw.get(field) is not None}
 
 
-def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
+def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str, StageEntry] = STAGES) -> Recipe:
     """Validate a parsed YAML document; raise :class:`RecipeError` listing every problem."""
     if not isinstance(doc, dict):
         what = "empty" if doc is None else f"a {type(doc).__name__}"
@@ -213,20 +214,20 @@ def validate_document(doc: Any, source: str = "<recipe>") -> Recipe:
                 problems.append(Problem(where, "must be a mapping with 'name' and 'type'"))
                 continue
             stage_type = raw.get("type")
-            if stage_type is None or not isinstance(stage_type, str) or stage_type not in STAGES:
+            if stage_type is None or not isinstance(stage_type, str) or stage_type not in registry:
                 if isinstance(raw.get("name"), str) and raw["name"] not in seen:
                     seen[raw["name"]] = i
             if stage_type is None:
-                problems.append(Problem(f"{where}.type", f"is required; known types: {', '.join(sorted(STAGES))}"))
+                problems.append(Problem(f"{where}.type", f"is required; known types: {', '.join(sorted(registry))}"))
                 continue
-            if not isinstance(stage_type, str) or stage_type not in STAGES:
-                known = ", ".join(sorted(STAGES))
+            if not isinstance(stage_type, str) or stage_type not in registry:
+                known = ", ".join(sorted(registry))
                 problems.append(Problem(
                     f"{where}.type",
-                    f'unknown stage type "{stage_type}"{did_you_mean(str(stage_type), STAGES)}; known types: {known}',
+                    f'unknown stage type "{stage_type}"{did_you_mean(str(stage_type), registry)}; known types: {known}',
                 ))
                 continue
-            entry = STAGES[stage_type]
+            entry = registry[stage_type]
             options = {k: v for k, v in raw.items() if k != "type"}
             try:
                 cfg = entry.config.model_validate(options)
@@ -320,10 +321,11 @@ def apply_overrides(doc: Any, overrides: dict[str, Any]) -> Any:
     return doc
 
 
-def load_recipe(path: Path | str, overrides: dict[str, Any] | None = None) -> Recipe:
+def load_recipe(path: Path | str, overrides: dict[str, Any] | None = None,
+                registry: Mapping[str, StageEntry] = STAGES) -> Recipe:
     path = Path(path)
     doc = apply_overrides(read_recipe_file(path), overrides or {})
-    return validate_document(doc, str(path))
+    return validate_document(doc, str(path), registry)
 
 
 def json_schema() -> dict[str, Any]:

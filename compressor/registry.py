@@ -6,8 +6,9 @@ Adding a stage is one file under ``compressor/stages/`` plus one entry in ``_ENT
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from compressor.core.config import StageConfig
@@ -110,7 +111,8 @@ _ENTRIES: tuple[StageEntry, ...] = (
     ),
 )
 
-STAGES: dict[str, StageEntry] = {entry.type: entry for entry in _ENTRIES}
+# Read-only: code that needs another table (a test, a plugin host) passes its own where it is used.
+STAGES: Mapping[str, StageEntry] = MappingProxyType({entry.type: entry for entry in _ENTRIES})
 
 
 class UnknownStageType(KeyError):
@@ -120,10 +122,10 @@ class UnknownStageType(KeyError):
         return str(self.args[0])
 
 
-def get_stage(stage_type: str) -> StageEntry:
+def get_stage(stage_type: str, stages: Mapping[str, StageEntry] = STAGES) -> StageEntry:
     try:
-        return STAGES[stage_type]
+        return stages[stage_type]
     except KeyError:
-        known = ", ".join(sorted(STAGES))
-        msg = f'unknown stage type "{stage_type}"{did_you_mean(stage_type, STAGES)}; known types: {known}'
+        known = ", ".join(sorted(stages))
+        msg = f'unknown stage type "{stage_type}"{did_you_mean(stage_type, stages)}; known types: {known}'
         raise UnknownStageType(msg) from None

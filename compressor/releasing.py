@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from compressor.core.artifacts import sha256_file, write_json, write_text
 from compressor.engine import run_recipe
 from compressor.errors import CompressorError
 from compressor.recipe import Recipe
+from compressor.registry import STAGES, StageEntry
 from compressor.release.bundle import (
     BUNDLE_FORMAT,
     VERSION_PATTERN,
@@ -73,7 +74,7 @@ def bundle_path(recipe: Recipe, version: str, out: Path | None) -> Path:
 
 def make_release(recipe: Recipe, version: str, *, out: Path | None = None, baseline: Path | None = None,
                  force: bool = False, log: Callable[[str], None] = print,
-                 show_progress: bool | None = None) -> ReleaseResult:
+                 show_progress: bool | None = None, registry: Mapping[str, StageEntry] = STAGES) -> ReleaseResult:
     """Run ``recipe`` (reusing cached stages), evaluate its gates, and write the bundle.
 
     Raises:
@@ -88,15 +89,15 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
     base_manifest = read_bundle_manifest(baseline, "baseline") if baseline is not None else None
     gates = recipe.gates
 
-    result = run_recipe(recipe, log=log, show_progress=show_progress)
+    result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry)
     run = json.loads(result.manifest_path.read_text())
-    stages = run["stages"]
-    rows = benchmark_rows(stages)
-    results = evaluate_gates(gates, rows, artifact_sizes(stages),
+    run_stages = run["stages"]
+    rows = benchmark_rows(run_stages)
+    results = evaluate_gates(gates, rows, artifact_sizes(run_stages),
                              base_manifest.get("measurements", []) if base_manifest is not None else None)
     releasable = all(r.status != "fail" for r in results)
     shipped = gates.shipped()
-    by_name = {st["name"]: st for st in stages}
+    by_name = {st["name"]: st for st in run_stages}
     resolved = recipe.resolved()
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -124,9 +125,9 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
             "measurements": rows,
             "gates": [r.to_json() for r in results],
             "accuracy_checks": accuracy_checks(recipe, rows, shipped),
-            "history": {name: compression_history(stages, resolved["stages"], rows, name) for name in shipped},
+            "history": {name: compression_history(run_stages, resolved["stages"], rows, name) for name in shipped},
             "stages": [{**{k: st[k] for k in ("name", "type", "key", "reused", "seconds")},
-                        "created": stage_created(recipe.cache_root, st["key"])} for st in stages],
+                        "created": stage_created(recipe.cache_root, st["key"])} for st in run_stages],
             "baseline": None if base_manifest is None or baseline is None else {
                 "path": str(baseline), "version": base_manifest.get("version"),
                 "manifest_sha256": sha256_file(baseline / "manifest.json"),

@@ -75,16 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                 _pause()
 
         cli._log = pausing_log  # type: ignore[assignment]
+    registry = dict(STAGES)
     if args.after_stage:
-        for name, entry in list(STAGES.items()):
+        for name, entry in STAGES.items():
             def run(cfg: Any, ctx: Any, real: Any = entry.run) -> Any:
                 output = real(cfg, ctx)
                 if ctx.name == args.after_stage:
                     _pause()
                 return output
 
-            STAGES[name] = dataclasses.replace(entry, run=run)
-    return cli.main(cli_args)
+            registry[name] = dataclasses.replace(entry, run=run)
+    return cli.main(cli_args, registry=registry)
 
 
 def _child(request: dict) -> int:

@@ -23,7 +23,7 @@ TOP_LEVEL: dict[str, set[str]] = {
     "registry": {"errors", "core", "stages"},
     "recipe": {"errors", "core", "runtime", "release", "registry"},
     "engine": {"errors", "core", "metrics", "report", "train", "runtime", "recipe", "registry"},
-    "releasing": {"errors", "core", "metrics", "report", "train", "runtime", "export", "release", "recipe",
+    "releasing": {"errors", "core", "metrics", "report", "train", "runtime", "export", "release", "registry", "recipe",
                   "engine"},
     "cli": {"*"},
 }

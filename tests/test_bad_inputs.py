@@ -40,15 +40,15 @@ def _doc(tmp_path: Path, stages: list[dict[str, Any]] | None = None, **model: An
     }
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main([*argv])
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str, registry: Any = None) -> tuple[int, str, str]:
+    code = main([*argv], registry=registry)
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def refused(capsys: pytest.CaptureFixture[str], argv: list[str], *patterns: str) -> str:
+def refused(capsys: pytest.CaptureFixture[str], argv: list[str], *patterns: str, registry: Any = None) -> str:
     """Run the CLI; check exit 2, a message on stderr matching every pattern, and no traceback."""
-    code, _out, err = _cli(capsys, *argv)
+    code, _out, err = _cli(capsys, *argv, registry=registry)
     assert code == 2, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert sum(line.startswith("error: ") for line in err.splitlines()) == 1, err
@@ -58,8 +58,10 @@ def refused(capsys: pytest.CaptureFixture[str], argv: list[str], *patterns: str)
     return message
 
 
-def run_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, doc: Any, *patterns: str) -> str:
-    return refused(capsys, ["run", str(write_recipe(tmp_path / "r.yaml", doc)), "--quiet"], *patterns)
+def run_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, doc: Any, *patterns: str,
+                registry: Any = None) -> str:
+    return refused(capsys, ["run", str(write_recipe(tmp_path / "r.yaml", doc)), "--quiet"], *patterns,
+                   registry=registry)
 
 
 def validate_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, doc: Any, *patterns: str) -> str:
@@ -280,12 +282,11 @@ def test_disk_full_while_writing_an_artifact(tmp_path: Path, capsys: pytest.Capt
     def full_disk(cfg: Any, ctx: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device", str(ctx.out_dir / "model.onnx"))
 
-    monkeypatch.setitem(STAGES, "export_onnx", type(entry)(**{**entry.__dict__, "run": full_disk}))
+    registry = {**STAGES, "export_onnx": type(entry)(**{**entry.__dict__, "run": full_disk})}
     doc = _doc(tmp_path, [dict(TEACHER), {"name": "onnx", "type": "export_onnx"}])
     run_refused(capsys, tmp_path, doc, r"stage 'onnx': could not write .*model\.onnx: No space left on device; "
-                                       "free space or choose another output folder")
+                                       "free space or choose another output folder", registry=registry)
     assert not list((tmp_path / "run/cache").glob("*.tmp-*"))
-    monkeypatch.undo()
     assert_teacher_kept_and_reused(capsys, tmp_path, doc)
 
 

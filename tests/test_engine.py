@@ -68,10 +68,10 @@ def test_exception_keeps_finished_stages(tiny_recipe: dict[str, Any], monkeypatc
         msg = "converter blew up"
         raise RuntimeError(msg)
 
-    monkeypatch.setitem(STAGES, "export_onnx", type(entry)(**{**entry.__dict__, "run": explode}))
+    registry = {**STAGES, "export_onnx": type(entry)(**{**entry.__dict__, "run": explode})}
     recipe = validate_document(copy.deepcopy(tiny_recipe))
     with pytest.raises(RuntimeError, match="converter blew up"):
-        run_recipe(recipe, log=lambda _m: None, show_progress=False)
+        run_recipe(recipe, log=lambda _m: None, show_progress=False, registry=registry)
     manifest = json.loads((Path(tiny_recipe["output"]) / "manifest.json").read_text())
     assert manifest["status"] == "failed"
     assert [s["name"] for s in manifest["stages"]] == ["model", "teacher", "evaluate"]

@@ -96,7 +96,7 @@ def test_structure_round_trip_without_pickled_class() -> None:
     reference = tiny_cnn()
     changed = tiny_cnn(width=4)
     structure = structure_of(changed, reference)
-    assert structure["0"]["out_channels"] == 4
+    assert structure["0"]["attrs"]["out_channels"] == 4 and structure["0"]["params"]["weight"] == [4, 1, 3, 3]
     rebuilt = build_from_meta(model_meta(TINY, 10, 1, structure))
     rebuilt.load_state_dict(changed.state_dict())
     x = torch.randn(2, 1, 12, 12)

@@ -14,7 +14,7 @@ from torch import nn
 
 from compressor.core.config import ModelSource
 from compressor.engine import run_recipe
-from compressor.errors import PruningError
+from compressor.errors import ModelSourceError, PruningError
 from compressor.export.onnx import export_to_onnx
 from compressor.metrics.classification import count_macs
 from compressor.recipe import validate_document
@@ -136,33 +136,48 @@ def test_unknown_ignore_names() -> None:
         prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_types=["Conv2D"]))
 
 
-class Scale(nn.Module):
-    """A layer torch-pruning does not know: a learned per-channel scale."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(channels, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
+CUSTOM = ModelSource(entry_point="tests.tinynet:custom_layers_net")
 
 
-def _scaled_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), Scale(16),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
-    )
+def test_custom_user_layers_survive_prune_save_rebuild_export(tmp_path: Path) -> None:
+    """A Conv2d subclass with extra padding and a gain parameter, a BatchNorm2d subclass with a fused activation."""
+    from tests.tinynet import BatchNormAct, PaddedConv2d
+
+    report = _prune_reload_export(CUSTOM, tmp_path, PruneOptions(channel_ratio=0.5, round_to=None))
+    assert report["channels"], "no layer lost channels"
+    meta = model_meta(CUSTOM, 10, 3)
+    model = build_from_meta(meta)
+    prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, round_to=None))
+    structure = json.loads(json.dumps(structure_of(model, build_from_meta(meta))))
+    rebuilt = build_from_meta({**meta, "structure": structure})
+    # every module keeps its class, with the pruned shapes and attributes in place
+    assert [type(m) for m in rebuilt.modules()] == [type(m) for m in model.modules()]
+    assert isinstance(rebuilt[2], PaddedConv2d) and isinstance(rebuilt[3], BatchNormAct)
+    assert rebuilt[2].groups == rebuilt[2].in_channels == rebuilt[2].out_channels == model[2].out_channels < 16
+    assert rebuilt[0].gain.shape == (model[0].out_channels, 1, 1) and rebuilt[0].extra_pad == 1
+    assert rebuilt[3].num_features == model[3].num_features
+    assert structure["2"]["attrs"]["groups"] == model[2].groups
+    assert structure["3"]["buffers"]["running_mean"] == [model[3].num_features]
 
 
-def test_unsupported_layer_named_with_ignore_option() -> None:
-    with pytest.raises(PruningError, match=r"cannot prune layer '3' \(Scale\): .* ignore_layers: \['3'\]"):
-        prune_model(_scaled_net(), torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5))
-    model = _scaled_net()
+def test_module_that_breaks_after_pruning_named_with_ignore_option() -> None:
+    from tests.tinynet import hard_coded_net
+
+    with pytest.raises(PruningError, match=r"cannot prune layer '3' \(HardCodedScale\): .* ignore_layers: \['3'\]"):
+        prune_model(hard_coded_net(), torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5))
+    model = hard_coded_net()
     report = prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, ignore_layers=["3"]))
-    assert model[3].gamma.shape == (16, 1, 1) and model[0].out_channels == 16  # kept whole
+    assert model[3].scale.shape == (16,) and model[0].out_channels == 16  # kept whole
     assert report["frozen"]["0"] == "feeds an ignored layer"
     assert model[4].out_channels < 32
+
+
+def test_structure_refuses_a_module_the_source_lacks() -> None:
+    meta = model_meta(TINY, 10, 3)
+    model = build_from_meta(meta)
+    model.add_module("extra", nn.Identity())
+    with pytest.raises(ModelSourceError, match=r"module 'extra' \(Identity\) cannot be saved: the architecture rebuilt"):
+        structure_of(model, build_from_meta(meta))
 
 
 def test_options_take_one_target() -> None:
@@ -201,7 +216,7 @@ def test_prune_stage_in_a_recipe(tiny_recipe: dict[str, Any]) -> None:
     assert m["channels_kept"] and m["ignored"] == {"9": "classifier"}
     meta = stage["artifact"]["meta"]
     for name, (_, kept) in m["channels_kept"].items():
-        assert meta["structure"][name]["out_channels"] == kept
+        assert meta["structure"][name]["attrs"]["out_channels"] == kept
     onnx = next(s for s in manifest["stages"] if s["name"] == "onnx")
     assert onnx["metrics"]["top1_agreement"] == 100.0
 

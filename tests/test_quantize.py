@@ -61,7 +61,7 @@ def test_ptq_all_three_formats_are_int8_and_agree_with_fp32(shared_out: Path) ->
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     report = json.loads(path(q, "sensitivity_json").read_text())
     mses = [r["relative_mse"] for r in report["layers"]]
-    assert len(mses) == 3 and mses == sorted(mses, reverse=True)
+    assert len(mses) == 4 and mses == sorted(mses, reverse=True)  # 2 convs, the linear, the global pool
     assert "| 1 |" in path(q, "sensitivity_md").read_text()
 
     ov = stages["q_ov"]
@@ -80,6 +80,25 @@ def test_ptq_all_three_formats_are_int8_and_agree_with_fp32(shared_out: Path) ->
         m = s["metrics"]
         assert m["top1_agreement"] >= 60 and abs(m["drop"]) <= 15, m  # a 2-epoch tiny CNN has small margins
         assert s["artifact"]["meta"]["source_model"]["kind"] == "model"
+        comp = s["artifact"]["meta"]["op_composition"]  # every INT8 artifact records what it is made of
+        assert comp["integer_ops"] >= 3 and comp["summary"] == m["op_composition"]["summary"], comp
+    # the FP32-vs-INT8 composition: the ONNX file runs integer-only, the TFLite file (the default engine) too
+    assert q["metrics"]["op_composition"]["problems"] == []
+    assert tfl["metrics"]["op_composition"]["problems"] == [], tfl["metrics"]["op_composition"]
+    assert tfl["artifact"]["meta"]["op_composition"]["xnnpack"]["whole_graph_delegated"]
+    assert "Convolution" in ov["artifact"]["meta"]["op_composition"]["op_types"]
+    assert ov["artifact"]["meta"]["op_composition"]["isa"]  # the oneDNN ISA that ran the convolutions
+
+
+def test_require_integer_fail_names_the_float_op(shared_out: Path) -> None:
+    # Quantizing only the convolutions leaves the classifier's Gemm (and the pooling) in float.
+    stage = {"name": "q_conv_only", "type": "quantize", "input": "onnx", "format": "onnx", "calibration_images": 8,
+             "ort": {"op_types": ["Conv"]}, "min_agreement": 0}
+    warned = _run(_doc(shared_out, [stage]))["q_conv_only"]["metrics"]["op_composition"]  # default: warn
+    assert any(p.startswith("float island: Gemm") for p in warned["problems"]), warned
+    with pytest.raises(StageError, match=r"onnx INT8 file is not integer-only against its FP32 file "
+                       r"\(require_integer: fail\): .*float island: Gemm '[^']+' from module 9"):
+        _run(_doc(shared_out, [{**stage, "require_integer": "fail"}]))
 
 
 def test_accuracy_goal_missed_fails_with_table(shared_out: Path) -> None:

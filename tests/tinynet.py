@@ -128,3 +128,64 @@ def tiny_resnext(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
+
+
+# --- a user's own layer classes (what timm and model ports are made of) ---------------------------------
+
+class PaddedConv2d(nn.Conv2d):
+    """A Conv2d subclass with extra padding of its own ("same" padding computed in forward, as in ports of
+    TensorFlow models) and a learned per-channel output gain: a parameter torch-pruning meets unwrapped."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, **kwargs)
+        import torch
+
+        self.extra_pad = kernel_size // 2
+        self.gain = nn.Parameter(torch.ones(out_channels, 1, 1))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x = nn.functional.pad(x, [self.extra_pad] * 4)
+        return super().forward(x) * self.gain
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass with a fused activation (timm's BatchNormAct2d pattern)."""
+
+    def __init__(self, num_features: int, act: str = "hardswish"):
+        super().__init__(num_features)
+        self.act = nn.Hardswish() if act == "hardswish" else nn.ReLU()
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.act(super().forward(x))
+
+
+class HardCodedScale(nn.Module):
+    """A per-channel scale whose forward hard-codes its channel count: breaks once channels are removed."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        import torch
+
+        self.channels = channels
+        self.scale = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return x * self.scale[None, :, None, None].expand(1, self.channels, 1, 1)
+
+
+def custom_layers_net(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+    """A user model built from its own layer classes, with a depthwise PaddedConv2d."""
+    return nn.Sequential(
+        PaddedConv2d(in_channels, width, 3, stride=2, bias=False), BatchNormAct(width),
+        PaddedConv2d(width, width, 3, groups=width, bias=False), BatchNormAct(width, act="relu"),
+        PaddedConv2d(width, width * 2, 1, bias=False), BatchNormAct(width * 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 2, num_classes),
+    )
+
+
+def hard_coded_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), HardCodedScale(16),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )

@@ -12,7 +12,8 @@ from pydantic import Field
 
 from compressor.core.config import Strict
 
-QUANTIZABLE_ONNX_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+# GlobalAveragePool: quantized on its own (QLinearGlobalAveragePool), so accuracy control can return it to float.
+QUANTIZABLE_ONNX_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose", "GlobalAveragePool")
 
 
 class OrtQuantOptions(Strict):
@@ -49,7 +50,8 @@ class _Reader:
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
-    """Names of the weighted nodes (Conv, Gemm, MatMul) in graph order: the layers accuracy control ranks."""
+    """Names of the weighted nodes (Conv, Gemm, MatMul) and global pools in graph order: the layers accuracy
+    control ranks."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
@@ -57,14 +59,53 @@ def quantizable_nodes(model_path: Path) -> list[str]:
 
 
 def preprocess_onnx(src: Path, dst: Path) -> Path:
-    """Shape inference and graph optimization ahead of quantization; falls back to the input on failure."""
+    """Shape inference and graph optimization ahead of quantization, then spatial means as global pooling
+    (:func:`means_to_global_pool`); falls back to the input on failure."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the original instead
         return src
+    means_to_global_pool(dst)
     return dst
+
+
+def means_to_global_pool(path: Path) -> int:
+    """Rewrite ``ReduceMean`` over H and W of a 4-D tensor (``keepdims=1``) as ``GlobalAveragePool``, in place.
+
+    The dynamo exporter writes ``adaptive_avg_pool2d(x, 1)`` as ``ReduceMean``, which ONNX Runtime's
+    quantizer leaves in float (a dequantize, a float mean and a quantize before the classifier), while
+    ``GlobalAveragePool`` runs as ``QLinearGlobalAveragePool``. Returns the number of nodes rewritten.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]
+             if v.type.tensor_type.HasField("shape")}
+    done = 0
+    for node in graph.node:
+        if node.op_type != "ReduceMean" or not node.input or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = inits[node.input[1]].tolist()
+        if attrs.get("keepdims", 1) != 1 or axes is None or {int(a) % 4 for a in axes} != {2, 3}:
+            continue
+        del node.input[1:]
+        del node.attribute[:]
+        node.op_type = "GlobalAveragePool"
+        done += 1
+    if done:
+        used = {i for n in graph.node for i in n.input}
+        for t in [t for t in graph.initializer if t.name not in used]:
+            graph.initializer.remove(t)
+        onnx.save(model, str(path))
+    return done
 
 
 def quantize_ort(src: Path, dst: Path, calib: np.ndarray, opts: OrtQuantOptions, per_channel: bool,

@@ -17,6 +17,7 @@ from compressor.quant import runners
 class Plan(Protocol):
     fmt: str
     engine: str
+    fp32_path: Path  # the FP32 file INT8 candidates are judged and composed against
 
     def layers(self) -> list[str]: ...
     def depthwise(self) -> bool: ...
@@ -77,6 +78,7 @@ class OnnxPlan:
         from compressor.quant import onnxruntime as q
 
         self.src, self.calib, self.engine, self.threads = src, calib, engine, threads
+        self.fp32_path = src
         self.ort_opts, self.per_channel, self.reduce_range, self.nncf_args = ort_opts, per_channel, reduce_range, nncf_args
         self.prepared = q.preprocess_onnx(src, work / "preprocessed.onnx") if ort_opts.preprocess else src
         self.names = q.quantizable_nodes(self.prepared)
@@ -135,7 +137,7 @@ class OpenVinoPlan:
 
         self.model = q.read_ov_model(src)
         self.work, self.calib, self.nncf_args, self.threads, self.hint = work, calib, nncf_args, threads, hint
-        self.fp32_xml = work / "fp32.xml"
+        self.fp32_xml = self.fp32_path = work / "fp32.xml"
         q.save_ov_model(self.model, self.fp32_xml)
         self.counter = _Counter(work, ".xml")
 
@@ -190,7 +192,7 @@ class TflitePlan:
         self.model, self.calib, self.engine, self.threads = model.eval(), calib, engine, threads
         self.per_channel, self.float_io = per_channel, float_io
         self.example = torch.from_numpy(calib[:1])
-        self.fp32 = work / "fp32.tflite"
+        self.fp32 = self.fp32_path = work / "fp32.tflite"
         q.convert_fp32(self.model, self.example, self.fp32)
         self.counter = _Counter(work, ".tflite")
 

@@ -7,7 +7,7 @@ on the same runtime backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -74,7 +74,7 @@ def _load_data(manifest: dict[str, Any], data_path: Path | None) -> DataModule:
 
 def verify_bundle(bundle: Path, *, data_path: Path | None = None, tolerance: float = 0.5, threads: int = 1,
                   accuracy: bool = True, expect_sha256: str | None = None,
-                  log: Callable[[str], None] = print) -> VerifyReport:
+                  log: Callable[[str], None] = print, backends: Mapping[str, Any] | None = None) -> VerifyReport:
     """Check ``bundle``; raise :class:`VerifyFailed` naming each file or artifact that does not match.
 
     Args:
@@ -82,11 +82,13 @@ def verify_bundle(bundle: Path, *, data_path: Path | None = None, tolerance: flo
         accuracy: False checks only the hashes.
         expect_sha256: the manifest's own sha256 as ``release`` printed it; without it, a bundle whose
             files and manifest were changed together passes the hash check.
+        backends: the backend table (default :data:`compressor.runtime.backends.BACKENDS`).
     """
     from compressor.export.agreement import run_batched
     from compressor.metrics.classification import classification_metrics
-    from compressor.runtime.backends import RuntimeOptions, get_backend
+    from compressor.runtime.backends import BACKENDS, RuntimeOptions, get_backend
 
+    table = BACKENDS if backends is None else backends
     manifest = read_bundle_manifest(bundle)
     if expect_sha256 is not None and sha256_file(bundle / "manifest.json") != expect_sha256.lower():
         msg = (f"manifest.json of {bundle} has sha256 {sha256_file(bundle / 'manifest.json')}, not the expected "
@@ -122,7 +124,7 @@ def verify_bundle(bundle: Path, *, data_path: Path | None = None, tolerance: flo
                                    "(another image library version?); accuracy is compared anyway")
         first = next(iter(art["files"].values()))
         try:
-            session = get_backend(check["backend"]).load(bundle / first, art["meta"],
+            session = get_backend(check["backend"], table).load(bundle / first, art["meta"],
                                                          RuntimeOptions(threads=threads))
         except (MissingExtraError, BackendError) as err:
             msg = f"cannot re-run {check['stage']} ({art['format']}/{art['precision']}) on {check['backend']}: {err}"

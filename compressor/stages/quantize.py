@@ -24,6 +24,7 @@ from compressor.errors import AccuracyGoalError, StageError
 from compressor.export.onnx import export_to_onnx
 from compressor.metrics.evaluation import Task, task_of
 from compressor.quant import runners
+from compressor.quant.composition import check_composition, kept_float_names
 from compressor.quant.onnxruntime import OrtQuantOptions
 from compressor.stages._shared import file_metadata
 from compressor.train.fit import TrainOptions
@@ -76,6 +77,11 @@ class QuantizeConfig(StageConfig):
     accuracy_control: Literal["auto", "nncf", "fallback"] = Field(
         "auto", description="auto: NNCF's quantize_with_accuracy_control where it exists, then the fallback.")
     max_float_layers: int = Field(8, ge=0, description="Most layers the fallback may return to float.")
+    require_integer: Literal["warn", "fail", "off"] = Field(
+        "warn", description="Op composition of the INT8 file against its FP32 file (recorded in the artifact's "
+        "meta): warn logs, fail stops the stage on float islands and layout ops the FP32 file does not have, "
+        "naming the ops and their modules; layers kept float on purpose (ignored_scope, accuracy control) "
+        "are not counted. off skips it.")
     sensitivity_report: bool = Field(False, description="Write the per-layer report (always with accuracy control).")
     sensitivity_images: int = Field(200, ge=1, description="Validation images for per-layer sensitivity.")
     qat: QatOptions = QatOptions()
@@ -343,12 +349,24 @@ def run_quantize(cfg: QuantizeConfig, ctx: StageContext) -> StageOutput:
     files = plan.save(candidate, ctx.out_dir)
     size = sum((ctx.out_dir / f).stat().st_size for f in files.values())
     metrics.update(_int8_metrics(cfg, ctx, plan, judge, logits, score, size, excluded))
-    art = _artifact(ctx, plan.fmt, {**files, **sens.files}, metrics["settings"], excluded)
+    comp = _composition(cfg, ctx, plan.fmt, ctx.out_dir / files.get("model", files.get("xml", "")),
+                        plan.fp32_path, kept_float_names(cfg.ignored_scope.names, plan, excluded))
+    art = _artifact(ctx, plan.fmt, {**files, **sens.files}, metrics["settings"], excluded, comp)
+    if comp is not None:
+        metrics["op_composition"] = {"summary": comp["summary"], "problems": comp["problems"]}
     return StageOutput(art, metrics)
 
 
+def _composition(cfg: QuantizeConfig, ctx: StageContext, fmt: str, int8: Path, fp32: Path,
+                 kept_float: list[str]) -> dict[str, Any] | None:
+    if cfg.require_integer == "off":
+        return None
+    return check_composition(fmt, int8, fp32, cfg.require_integer == "fail", ctx.name, ctx.threads, kept_float,
+                             cfg.ignored_scope.patterns, ctx.log)
+
+
 def _artifact(ctx: StageContext, fmt: str, files: dict[str, str], settings: dict[str, Any],
-              excluded: list[str]) -> Artifact:
+              excluded: list[str], composition: dict[str, Any] | None = None) -> Artifact:
     src = ctx.input
     source_model = src.model_dump() if src.kind == "model" else src.meta.get("source_model")
     layout = "NCHW"
@@ -358,6 +376,8 @@ def _artifact(ctx: StageContext, fmt: str, files: dict[str, str], settings: dict
         "macs": src.meta.get("macs"), "params": src.meta.get("params"), "input_shape": src.meta.get("input_shape"),
         "quantization": settings, "float_layers": excluded,
     }
+    if composition is not None:
+        meta["op_composition"] = composition
     return ctx.new_artifact(fmt, files, meta)
 
 
@@ -446,4 +466,13 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
                f"{fp32_top1:.2f} (max_accuracy_drop {cfg.max_accuracy_drop}); PTQ gave {ptq_top1:.2f}; "
                "train more epochs (qat.epochs) or lower qat.lr")
         raise AccuracyGoalError(msg, [{"method": "qat", "top1": int8_top1, "ptq_top1": ptq_top1}])
-    return StageOutput(_artifact(ctx, cfg.format, files, settings, []), metrics)
+    fp32_file = _source_file(ctx, cfg)
+    if cfg.format == "openvino" and fp32_file.suffix != ".xml":
+        from compressor.quant.openvino import read_ov_model, save_ov_model
+
+        save_ov_model(read_ov_model(fp32_file), ctx.work_dir / "fp32.xml")
+        fp32_file = ctx.work_dir / "fp32.xml"
+    comp = _composition(cfg, ctx, cfg.format, path, fp32_file, list(cfg.ignored_scope.names))
+    if comp is not None:
+        metrics["op_composition"] = {"summary": comp["summary"], "problems": comp["problems"]}
+    return StageOutput(_artifact(ctx, cfg.format, files, settings, [], comp), metrics)

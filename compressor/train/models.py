@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -132,65 +133,117 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
 
 # --- the saved form of a model artifact --------------------------------------------------------
 # A model artifact is a state dict plus JSON metadata: ``spec`` (the ModelSource without checkpoint),
-# ``num_classes``, ``in_channels`` and, after structural pruning, ``structure``: module name ->
-# constructor arguments of the layers whose shapes changed. Rebuilding never unpickles a class.
+# ``num_classes``, ``in_channels`` and, after structural pruning (or any change of shapes), ``structure``:
+# module name -> what differs from the architecture rebuilt from ``spec``: the shapes of its own
+# parameters and buffers and its plain attributes (in_channels, out_channels, groups, num_features,
+# normalized_shape, stride, ...). Rebuilding gives each such module those shapes and attributes in
+# place, so every module keeps its class (a Conv2d subclass stays that subclass) and no class is ever
+# unpickled. This follows Torch-Pruning's own ``tp.state_dict`` / ``tp.load_state_dict``, which restore
+# each module's ``__dict__`` from a pickle; here only JSON-able values are stored.
 
-LAYER_TYPES: dict[str, type[nn.Module]] = {
-    "Conv2d": nn.Conv2d, "Linear": nn.Linear, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm1d": nn.BatchNorm1d,
-    "LayerNorm": nn.LayerNorm, "GroupNorm": nn.GroupNorm, "PReLU": nn.PReLU,
-}
+# Attributes never recorded: nn.Module bookkeeping that is not a shape.
+_SKIP_ATTRS = frozenset({"training"})
 
 
-def layer_args(module: nn.Module) -> dict[str, Any] | None:
-    """Constructor arguments that rebuild ``module`` with its current shapes, or None if unsupported."""
-    if isinstance(module, nn.Conv2d):
-        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
-                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
-                "padding": module.padding if isinstance(module.padding, str) else list(module.padding),
-                "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None,
-                "padding_mode": module.padding_mode}
-    if isinstance(module, nn.Linear):
-        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
-    if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-        return {"type": type(module).__name__, "num_features": module.num_features, "eps": module.eps,
-                "momentum": module.momentum, "affine": module.affine,
-                "track_running_stats": module.track_running_stats}
-    if isinstance(module, nn.LayerNorm):
-        return {"type": "LayerNorm", "normalized_shape": list(module.normalized_shape), "eps": module.eps,
-                "elementwise_affine": module.elementwise_affine}
-    if isinstance(module, nn.GroupNorm):
-        return {"type": "GroupNorm", "num_groups": module.num_groups, "num_channels": module.num_channels,
-                "eps": module.eps, "affine": module.affine}
-    if isinstance(module, nn.PReLU):
-        return {"type": "PReLU", "num_parameters": module.num_parameters}
-    return None
+def _plain(value: Any) -> bool:
+    """A value JSON stores exactly: None, bool, int, float, str, or (nested) tuples/lists of them."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return not (isinstance(value, float) and not math.isfinite(value))
+    if isinstance(value, tuple | list):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def _as_json(value: Any) -> Any:
+    return [_as_json(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _like(value: Any, reference: Any) -> Any:
+    """``value`` read back from JSON, with tuples where the rebuilt module has tuples."""
+    if not isinstance(value, list):
+        return value
+    refs = list(reference) if isinstance(reference, tuple | list) and len(reference) == len(value) else [None] * len(value)
+    items = [_like(v, r) for v, r in zip(value, refs, strict=True)]
+    return tuple(items) if isinstance(reference, tuple) else items
+
+
+def module_state(module: nn.Module) -> dict[str, dict[str, Any]]:
+    """Shapes of a module's own parameters and buffers and its plain attributes (JSON-ready)."""
+    return {
+        "params": {k: None if p is None else list(p.shape) for k, p in module._parameters.items()},
+        "buffers": {k: None if b is None else list(b.shape) for k, b in module._buffers.items()},
+        "attrs": {k: _as_json(v) for k, v in vars(module).items()
+                  if k not in _SKIP_ATTRS and not k.startswith("__") and _plain(v)},
+    }
+
+
+_MISSING = object()
 
 
 def structure_of(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, Any]]:
-    """Layers of ``model`` whose constructor arguments differ from those in ``reference``."""
+    """What differs between ``model`` and ``reference`` (the same architecture rebuilt from its source).
+
+    Returns:
+        module name -> ``{"type": class name, "params": {name: shape}, "buffers": {name: shape},
+        "attrs": {name: value}}`` with only the entries that differ.
+
+    Raises:
+        ModelSourceError: ``model`` has a module the rebuilt architecture lacks or of another class,
+            or a non-persistent buffer whose shape changed (its values are not in the state dict).
+    """
     ref = dict(reference.named_modules())
-    changed = {}
+    changed: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        args = layer_args(module)
-        if args is not None and (name not in ref or layer_args(ref[name]) != args):
-            changed[name] = args
+        other = ref.get(name)
+        if other is None or type(other) is not type(module):
+            what = "has no such module" if other is None else f"has a {type(other).__name__} there"
+            msg = (f"module '{name}' ({type(module).__name__}) cannot be saved: the architecture rebuilt from "
+                   f"its source {what}; only shapes and attributes of existing modules can change")
+            raise ModelSourceError(msg)
+        mine, theirs = module_state(module), module_state(other)
+        diff: dict[str, Any] = {}
+        for section in ("params", "buffers", "attrs"):
+            delta = {k: v for k, v in mine[section].items() if theirs[section].get(k, _MISSING) != v}
+            if delta:
+                diff[section] = delta
+        for key in diff.get("buffers", {}):
+            if key in module._non_persistent_buffers_set:
+                msg = (f"module '{name}' ({type(module).__name__}): non-persistent buffer '{key}' changed shape "
+                       "and cannot be saved (its values are not in the state dict); leave the module whole")
+                raise ModelSourceError(msg)
+        if diff:
+            changed[name] = {"type": type(module).__name__, **diff}
     return changed
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> None:
-    """Replace layers in ``model`` by new ones built from recorded constructor arguments."""
-    for name, args in structure.items():
-        kwargs = dict(args)
-        cls = LAYER_TYPES[kwargs.pop("type")]
-        for key in ("kernel_size", "stride", "dilation", "normalized_shape"):
-            if isinstance(kwargs.get(key), list):
-                kwargs[key] = tuple(kwargs[key])
-        if isinstance(kwargs.get("padding"), list):
-            kwargs["padding"] = tuple(kwargs["padding"])
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, cls(**kwargs))
+    """Give each recorded module its recorded parameter/buffer shapes and attributes, in place.
+
+    Parameters and buffers become uninitialised tensors of the recorded shapes (dtype and
+    ``requires_grad`` kept); loading the state dict fills them.
+    """
+    modules = dict(model.named_modules())
+    for name, record in structure.items():
+        module = modules.get(name)
+        if module is None or type(module).__name__ != record.get("type", type(module).__name__):
+            found = "no such module" if module is None else f"a {type(module).__name__}"
+            msg = (f"saved structure names module '{name}' ({record.get('type')}) but the rebuilt architecture "
+                   f"has {found}; was the model source changed since the artifact was made?")
+            raise ModelSourceError(msg)
+        for key, shape in record.get("params", {}).items():
+            old = module._parameters.get(key)
+            if shape is None:
+                module._parameters[key] = None
+                continue
+            dtype = old.dtype if old is not None else torch.get_default_dtype()
+            grad = old.requires_grad if old is not None else True
+            module._parameters[key] = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=grad)
+        for key, shape in record.get("buffers", {}).items():
+            old_buf = module._buffers.get(key)
+            dtype = old_buf.dtype if old_buf is not None else torch.get_default_dtype()
+            module._buffers[key] = None if shape is None else torch.zeros(shape, dtype=dtype)
+        for key, value in record.get("attrs", {}).items():
+            setattr(module, key, _like(value, getattr(module, key, None)))
 
 
 def model_meta(source: ModelSource, num_classes: int, in_channels: int,

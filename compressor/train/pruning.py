@@ -11,8 +11,11 @@ handle are fenced off here before it sees them:
   is frozen: those channels stay, everything else is pruned. In ShuffleNetV2 that keeps the
   widths between blocks (the branch outputs) and prunes the inside of every branch, the stem and
   the last 1x1 convolution.
-* Layers with parameters that cannot be pruned and rebuilt from JSON are refused by module name;
-  listed in ``ignore_layers`` they are kept whole and the groups that touch them are frozen.
+* Any module class is pruned as torch-pruning prunes it (subclasses of torch layers, such as timm's
+  ``BatchNormAct2d`` or a ``Conv2d`` with built-in padding, and modules with parameters of their own);
+  the saved form records the new shapes and attributes per module (``compressor.train.models``).
+  A module whose forward no longer runs after pruning (it hard-codes a channel count) is named
+  with the ``ignore_layers`` entry that keeps it whole; listed there, the groups that touch it are frozen.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from torch.overrides import TorchFunctionMode
 from compressor.core.config import Strict
 from compressor.errors import MissingExtraError, PruningError, did_you_mean
 from compressor.metrics.classification import count_macs
-from compressor.train.models import LAYER_TYPES
 
 Importance = Literal["l1", "l2", "bn_scale", "taylor", "random"]
 Sparsity = Literal["group_norm", "bn_l1"]
@@ -176,23 +178,6 @@ def resolve_ignored(model: nn.Module, opts: PruneOptions, example: torch.Tensor)
     return ignored
 
 
-def _covered(name: str, ignored: dict[str, str]) -> bool:
-    return any(name == n or name.startswith(n + ".") or n == "" for n in ignored)
-
-
-def unsupported_layers(model: nn.Module, ignored: dict[str, str]) -> list[str]:
-    """Modules holding parameters that cannot be pruned and saved as JSON, not covered by ``ignored``."""
-    bad = []
-    for name, module in model.named_modules():
-        if not any(True for _ in module.parameters(recurse=False)):
-            continue
-        if LAYER_TYPES.get(type(module).__name__) is type(module):
-            continue
-        if not _covered(name, ignored):
-            bad.append(f"'{name}' ({type(module).__name__})")
-    return bad
-
-
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output channels of every Conv2d and Linear layer."""
     return {name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
@@ -200,6 +185,48 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 # --- the pruner -----------------------------------------------------------------------------------
+
+# Tensors torch-pruning's own layer pruners remove channels from; a subclass's other tensors are "extra".
+_BASE_TENSORS = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
+
+
+def _out_width(module: nn.Module) -> int | None:
+    for attr in ("out_channels", "out_features", "num_features", "num_channels", "num_parameters"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def prune_extra_tensors(dg: Any, group: Any) -> None:
+    """Remove a group's output channels from the extra tensors of torch layer subclasses.
+
+    torch-pruning prunes a ``Conv2d`` subclass as a ``Conv2d``: weight and bias only. A subclass's own
+    parameters and buffers with one dimension of the layer's output width (timm's ``ScaledStdConv2d``
+    gain, a per-channel scale) lose the same channels here, before the group is pruned.
+    """
+    seen: set[int] = set()
+    for dep, idxs in group:
+        module = dep.target.module
+        if (not isinstance(module, nn.Module) or id(module) in seen or type(module).__module__.startswith("torch.nn")
+                or not dg.is_out_channel_pruning_fn(dep.handler)):
+            continue
+        seen.add(id(module))
+        width = _out_width(module)
+        if width is None:
+            continue
+        drop = {int(getattr(i, "idx", i)) for i in idxs}
+        keep = torch.tensor([i for i in range(width) if i not in drop], dtype=torch.long)
+        stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+        for store in stores:
+            for key, tensor in list(store.items()):
+                if tensor is None or key in _BASE_TENSORS or width not in tensor.shape:
+                    continue
+                dim = list(tensor.shape).index(width)
+                kept = tensor.data.index_select(dim, keep.to(tensor.device)).clone()
+                store[key] = nn.Parameter(kept, requires_grad=tensor.requires_grad) if isinstance(
+                    tensor, nn.Parameter) else kept
+
 
 def _importance(tp: Any, kind: Importance) -> Any:
     imp = tp.importance
@@ -232,12 +259,6 @@ class ChannelPruner:
         tp = _tp()
         self.tp, self.model, self.example, self.opts, self.steps = tp, model, example, opts, steps
         self.ignored = resolve_ignored(model, opts, example)
-        bad = unsupported_layers(model, self.ignored)
-        if bad:
-            msg = (f"cannot prune layer {bad[0]}: torch-pruning cannot remove its channels, or the result "
-                   f"cannot be saved without pickling ({len(bad)} such layer(s): {', '.join(bad[:5])}). "
-                   f"Leave it whole with ignore_layers: [{bad[0].split(' ')[0]}] (or ignore_types)")
-            raise PruningError(msg)
         modules = dict(model.named_modules())
         self.base_macs = count_macs(model, tuple(example.shape[1:]))
         self.base_widths = layer_widths(model)
@@ -304,13 +325,18 @@ class ChannelPruner:
         return roots
 
     def macs(self) -> int:
-        return count_macs(self.model, tuple(self.example.shape[1:]))
+        try:
+            return count_macs(self.model, tuple(self.example.shape[1:]))
+        except Exception as err:  # noqa: BLE001 - counting runs the pruned model
+            raise broken_model_error(self.model, self.example, err) from err
 
     def _step_to(self, k: int) -> None:
         """Prune to the ``k``-th ratio of the pruner's schedule (ratios are absolute, so steps may be skipped)."""
         self.pruner.current_step = k - 1
         with torch.enable_grad():
-            self.pruner.step()
+            for group in self.pruner.step(interactive=True):
+                prune_extra_tensors(self.pruner.DG, group)
+                group.prune()
 
     def prune_step(self, step: int) -> int:
         """Prune up to schedule step ``step`` (1-based) and return the MACs after it.
@@ -363,15 +389,51 @@ class ChannelPruner:
         return terms
 
 
+def failing_module(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module] | None:
+    """The innermost module whose forward raises on ``example`` (None when the model runs)."""
+    stack: list[str] = []
+    modules = dict(model.named_modules())
+
+    def leave(_module: nn.Module, _inp: Any, _out: Any) -> None:
+        stack.pop()
+
+    hooks = []
+    for name, module in modules.items():
+        hooks.append(module.register_forward_pre_hook(lambda m, i, n=name: stack.append(n)))
+        hooks.append(module.register_forward_hook(leave))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception:  # noqa: BLE001 - whatever it raises, the hooks say where
+        return (stack[-1], modules[stack[-1]]) if stack else None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return None
+
+
+def broken_model_error(model: nn.Module, example: torch.Tensor, err: Exception) -> PruningError:
+    """The error for a pruned model that no longer runs, naming the innermost module that fails with
+    the ``ignore_layers`` entry that keeps it whole (torch-pruning changed channels its forward depends on)."""
+    where = failing_module(model, example)
+    if where is None or where[0] == "":
+        msg = (f"the pruned model no longer runs ({type(err).__name__}: {err}); a layer whose forward "
+               "hard-codes channel counts must be left whole with ignore_layers")
+    else:
+        name, module = where
+        msg = (f"cannot prune layer '{name}' ({type(module).__name__}): torch-pruning changed channels its "
+               f"forward depends on and it no longer runs ({type(err).__name__}: {str(err).splitlines()[0]}). "
+               f"Leave it whole with ignore_layers: ['{name}'] (or ignore_types: [{type(module).__name__}])")
+    return PruningError(msg)
+
+
 def check_runs(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:
     """The pruned model must still run and give outputs of the original shape."""
     try:
         with torch.no_grad():
             out = model.eval()(example)
     except Exception as err:  # noqa: BLE001
-        msg = (f"the pruned model no longer runs ({type(err).__name__}: {err}); a layer whose forward "
-               "hard-codes channel counts must be left whole with ignore_layers")
-        raise PruningError(msg) from err
+        raise broken_model_error(model, example, err) from err
     if out.shape != expected:
         msg = f"the pruned model's output shape changed from {tuple(expected)} to {tuple(out.shape)}"
         raise PruningError(msg)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -58,7 +60,8 @@ class BackendEntry:
     devices: tuple[str, ...] = ("cpu",)
 
 
-BACKENDS: dict[str, BackendEntry] = {
+# Read-only: pass another table to get_backend / available_backends instead of changing this one.
+BACKENDS: Mapping[str, BackendEntry] = MappingProxyType({
     e.name: e for e in (
         BackendEntry("onnxruntime", ("onnx",), "compressor.runtime.backends.onnxruntime:OnnxRuntimeBackend",
                      "onnxruntime", "onnx", ("cpu", "cuda")),
@@ -71,23 +74,23 @@ BACKENDS: dict[str, BackendEntry] = {
         BackendEntry("pytorch-compile", ("model",), "compressor.runtime.backends.pytorch:PyTorchCompileBackend",
                      "torch", "all", ("cpu", "cuda")),
     )
-}
+})
 
 # The backend a format uses when a benchmark names none.
 DEFAULT_BACKEND = {"onnx": "onnxruntime", "model": "pytorch", "openvino": "openvino", "tflite": "litert"}
 
 
-def _installed(entry: BackendEntry) -> bool:
+def installed(entry: BackendEntry) -> bool:
     """Whether one of the entry's alternative modules ("a|b") can be imported."""
     return any(importlib.util.find_spec(name) is not None for name in entry.requires.split("|"))
 
 
-def get_backend(name: str) -> Backend:
-    entry = BACKENDS.get(name)
+def get_backend(name: str, backends: Mapping[str, BackendEntry] = BACKENDS) -> Backend:
+    entry = backends.get(name)
     if entry is None:
-        msg = f'unknown backend "{name}"{did_you_mean(name, BACKENDS)}; known backends: {", ".join(BACKENDS)}'
+        msg = f'unknown backend "{name}"{did_you_mean(name, backends)}; known backends: {", ".join(backends)}'
         raise BackendError(msg)
-    if not _installed(entry):
+    if not installed(entry):
         what = f"the {name} backend"
         raise MissingExtraError(what, entry.extra, entry.requires.split("|")[0])
     module_name, _, cls_name = entry.target.partition(":")
@@ -96,5 +99,5 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-def available_backends() -> list[str]:
-    return [name for name, e in BACKENDS.items() if _installed(e)]
+def available_backends(backends: Mapping[str, BackendEntry] = BACKENDS) -> list[str]:
+    return [name for name, e in backends.items() if installed(e)]

@@ -14,6 +14,9 @@ import numpy as np
 
 from compressor.errors import BackendError, MissingExtraError
 from compressor.runtime.backends import RuntimeOptions
+from compressor.runtime.portable import dequantize, input_layout, quantize, to_layout
+
+__all__ = ["LiteRtBackend", "LiteRtSession", "quantize"]
 
 
 def _interpreter_module() -> tuple[Any, str, str]:
@@ -35,18 +38,6 @@ def _interpreter_module() -> tuple[Any, str, str]:
         raise MissingExtraError(what, "tflite", "ai_edge_litert") from err
 
 
-def _layout(meta: dict[str, Any], shape: tuple[int, ...]) -> str:
-    if meta.get("layout") in ("NCHW", "NHWC"):
-        return str(meta["layout"])
-    return "NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
-
-
-def quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
-    """Float input to the integer type of a quantized tensor (round to nearest, saturate)."""
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
-
-
 class LiteRtSession:
     def __init__(self, path: Path, meta: dict[str, Any], options: RuntimeOptions):
         if options.device != "cpu":
@@ -65,14 +56,14 @@ class LiteRtSession:
             raise BackendError(msg) from err
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.layout = _layout(meta, tuple(int(d) for d in self.input["shape"]))
+        self.layout = input_layout([int(d) for d in self.input["shape"]], meta.get("layout"))
         self.threads = options.threads
 
     def batch_sizes(self) -> tuple[int, ...] | None:
         return (int(self.input["shape"][0]),)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = batch.transpose(0, 2, 3, 1) if self.layout == "NHWC" else batch
+        x = to_layout(batch, self.layout)
         dtype = np.dtype(self.input["dtype"])
         if dtype.kind in "iu":
             scale, zero_point = self.input["quantization"]
@@ -82,7 +73,7 @@ class LiteRtSession:
         out = self.interpreter.get_tensor(self.output["index"])
         if np.dtype(self.output["dtype"]).kind in "iu":
             scale, zero_point = self.output["quantization"]
-            return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
+            return dequantize(out, scale, zero_point)
         return np.asarray(out, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:

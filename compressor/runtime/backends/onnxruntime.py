@@ -13,6 +13,7 @@ import numpy as np
 
 from compressor.errors import BackendError
 from compressor.runtime.backends import RuntimeOptions
+from compressor.runtime.portable import ONNX_DTYPES, input_layout, to_layout
 
 
 class OnnxRuntimeSession:
@@ -46,7 +47,8 @@ class OnnxRuntimeSession:
         self.input_name = inp.name
         self.input_shape = inp.shape
         self.input_type = inp.type
-        self.layout = "NHWC" if len(inp.shape) == 4 and inp.shape[-1] in (1, 3) and inp.shape[1] not in (1, 3) else "NCHW"
+        self.layout = input_layout(inp.shape)
+        self.input_dtype = ONNX_DTYPES.get(inp.type, np.float32)
         self.version = ort.__version__
         self.providers = self.session.get_providers()
         self.threads = options.threads
@@ -56,14 +58,14 @@ class OnnxRuntimeSession:
         return (first,) if isinstance(first, int) else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = batch.transpose(0, 2, 3, 1) if self.layout == "NHWC" else batch
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        x = to_layout(batch, self.layout)
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})
         return np.asarray(out[0], dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self.version, "provider": self.providers[0],
                 "device": "cuda" if self.providers[0].startswith("CUDA") else "cpu", "threads": self.threads,
-                "layout": self.layout}
+                "layout": self.layout, "input_dtype": np.dtype(self.input_dtype).name}
 
 
 class OnnxRuntimeBackend:

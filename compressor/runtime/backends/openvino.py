@@ -15,14 +15,9 @@ import numpy as np
 
 from compressor.errors import BackendError
 from compressor.runtime.backends import RuntimeOptions
+from compressor.runtime.portable import input_layout, to_layout
 
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU"}
-
-
-def _layout(meta: dict[str, Any], shape: list[int | None]) -> str:
-    if meta.get("layout") in ("NCHW", "NHWC"):
-        return str(meta["layout"])
-    return "NHWC" if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
 
 
 class OpenVinoSession:
@@ -58,7 +53,7 @@ class OpenVinoSession:
         self.request = self.compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         self.shape = [d.get_length() if d.is_static else None for d in shape]
-        self.layout = _layout(meta, self.shape)
+        self.layout = input_layout(self.shape, meta.get("layout"))
         self.version = ov.get_version()
         self.device = device
         self.threads = options.threads
@@ -69,7 +64,7 @@ class OpenVinoSession:
         return (first,) if isinstance(first, int) else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = batch.transpose(0, 2, 3, 1) if self.layout == "NHWC" else batch
+        x = to_layout(batch, self.layout)
         self.request.infer([np.ascontiguousarray(x, dtype=np.float32)])
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 

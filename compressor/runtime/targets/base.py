@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from compressor.errors import CompressorError
 
 RUNNER = Path(__file__).with_name("runner.py")
+# shipped beside the runner: the helpers it shares with the in-process backends
+PORTABLE = Path(__file__).parents[1] / "portable.py"
 # Runtime names the runner reports -> backend names of this package.
 BACKEND_NAMES = {"onnxruntime": "onnxruntime", "ai-edge-litert": "litert", "tflite-runtime": "litert",
                  "openvino": "openvino"}
@@ -129,6 +131,7 @@ def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> P
     """Write runner.py, job.json, inputs and artifact files (copied) into ``folder``; return job.json."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(RUNNER, folder / "runner.py")
+    shutil.copy2(PORTABLE, folder / "portable.py")
     spec: dict[str, Any] = {
         "artifacts": [], "batch_sizes": job.batch_sizes, "modes": job.modes, "warmup": job.warmup,
         "min_iters": job.min_iters, "time_budget_s": job.time_budget_s, "max_iters": job.max_iters,

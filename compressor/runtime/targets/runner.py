@@ -5,7 +5,9 @@ openvino import on the device. It reads ONNX, TFLite or OpenVINO IR files, takes
 (NCHW/NHWC) and dtype (float, or int8/uint8 with the file's quantization parameters) from the file,
 times latency (one request at a time) and throughput (parallel requests), scores accuracy when labels
 are shipped, and prints one JSON document on stdout. Each artifact runs in a forked child, so a crash
-is a failed row and the peak resident memory is that artifact's own. Do not import compressor here.
+is a failed row and the peak resident memory is that artifact's own. Do not import compressor here,
+except :mod:`compressor.runtime.portable`, which is shipped beside this file as ``portable.py`` (the layout,
+(de)quantization, latency loop and CPU info the in-process backends use too).
 """
 
 from __future__ import annotations
@@ -23,33 +25,12 @@ from typing import Any
 
 import numpy as np
 
+try:  # in the package (local target); on a device, the copy staged beside this file
+    from compressor.runtime import portable
+except ImportError:
+    import portable  # type: ignore[no-redef]
+
 RUNNER_VERSION = 1
-_FEATURES = {
-    "avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni",
-    "avx512_bf16": "avx512_bf16", "amx_int8": "amx_int8", "f16c": "f16c",
-    "asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "sve", "fphp": "fp16", "bf16": "bf16",
-}
-
-
-def cpu_info() -> dict[str, Any]:
-    model, flags = platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and value.strip():
-                model = value.strip()
-            elif key == "cpu part" and model == platform.machine():
-                model = f"{platform.machine()} part {value.strip()}"
-            elif key in ("flags", "features"):
-                flags.update(value.split())
-    except OSError:
-        pass
-    return {"arch": platform.machine(), "model": model, "logical_cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
-            "features": sorted({n for f, n in _FEATURES.items() if f in flags}), "flags_seen": len(flags)}
-
-
 def runtime_versions() -> dict[str, str]:
     found = {}
     for module in ("onnxruntime", "ai_edge_litert", "tflite_runtime", "openvino"):
@@ -65,12 +46,6 @@ def runtime_versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001
             pass
     return found
-
-
-def _layout(shape: list[Any]) -> str:
-    if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3):
-        return "NHWC"
-    return "NCHW"
 
 
 class OnnxModel:
@@ -89,16 +64,15 @@ class OnnxModel:
         self.session = ort.InferenceSession(path, so, providers=providers)
         inp = self.session.get_inputs()[0]
         self.name, self.shape = inp.name, list(inp.shape)
-        self.dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-                      "tensor(int8)": np.int8}.get(inp.type, np.float32)
-        self.layout = _layout(self.shape)
+        self.dtype = portable.ONNX_DTYPES.get(inp.type, np.float32)
+        self.layout = portable.input_layout(self.shape)
         self.fixed_batch = self.shape[0] if isinstance(self.shape[0], int) else None
         self.describe = {"runtime": "onnxruntime", "version": ort.__version__,
                          "provider": self.session.get_providers()[0], "threads": threads,
                          "layout": self.layout, "input_dtype": np.dtype(self.dtype).name}
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = x.transpose(0, 2, 3, 1) if self.layout == "NHWC" else x
+        x = portable.to_layout(x, self.layout)
         out = self.session.run(None, {self.name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
         return np.asarray(out, dtype=np.float32)
 
@@ -127,7 +101,7 @@ class TfliteModel:
         self.inp = inp
         self.shape = [int(d) for d in inp["shape"]]
         self.dtype = inp["dtype"]
-        self.layout = _layout(self.shape)
+        self.layout = portable.input_layout(self.shape)
         self.fixed_batch = self.shape[0]
         self.in_q = inp.get("quantization", (0.0, 0))
         self.out_q = self.out.get("quantization", (0.0, 0))
@@ -139,16 +113,14 @@ class TfliteModel:
         self.lock = threading.Lock()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = x.transpose(0, 2, 3, 1) if self.layout == "NHWC" else x
+        x = portable.to_layout(x, self.layout)
         if self.dtype in (np.int8, np.uint8):
-            scale, zero = self.in_q
-            info = np.iinfo(self.dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+            x = portable.quantize(x, self.dtype, *self.in_q)
         self.interp.set_tensor(self.inp["index"], np.ascontiguousarray(x, dtype=self.dtype))
         self.interp.invoke()
         y = self.interp.get_tensor(self.out["index"])
         if y.dtype in (np.int8, np.uint8) and self.out_q[0]:
-            return (y.astype(np.float32) - self.out_q[1]) * self.out_q[0]
+            return portable.dequantize(y, self.out_q[0], self.out_q[1])
         return np.asarray(y, dtype=np.float32)
 
     def clone(self) -> TfliteModel:
@@ -167,7 +139,7 @@ class OpenvinoModel:
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
         self.shape = [d.get_length() if d.is_static else None for d in ps]
-        self.layout = _layout(self.shape)
+        self.layout = portable.input_layout(self.shape)
         self.fixed_batch = self.shape[0]
         self.dtype = np.float32
         self.request = self.compiled.create_infer_request()
@@ -175,7 +147,7 @@ class OpenvinoModel:
                          "layout": self.layout, "input_dtype": "float32"}
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = x.transpose(0, 2, 3, 1) if self.layout == "NHWC" else x
+        x = portable.to_layout(x, self.layout)
         res = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         return np.asarray(next(iter(res.values())), dtype=np.float32)
 
@@ -189,30 +161,9 @@ class OpenvinoModel:
 LOADERS = {"onnx": OnnxModel, "tflite": TfliteModel, "openvino": OpenvinoModel}
 
 
-def stats(samples_ns: list[int]) -> dict[str, Any]:
-    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    mean = float(ms.mean())
-    std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
-    return {
-        "iterations": int(len(ms)), "median_ms": round(float(np.median(ms)), 4),
-        "p90_ms": round(float(np.percentile(ms, 90)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-        "mean_ms": round(mean, 4), "std_ms": round(std, 4), "min_ms": round(float(ms.min()), 4),
-        "max_ms": round(float(ms.max()), 4), "cv": round(std / mean, 4) if mean > 0 else 0.0,
-        # 21 quantiles (every 5%) draw the latency distribution without shipping every sample
-        "quantiles_ms": [round(float(q), 4) for q in np.percentile(ms, np.linspace(0, 100, 21))],
-    }
-
-
-def time_calls(fn: Any, job: dict[str, Any]) -> list[int]:
-    for _ in range(job["warmup"]):
-        fn()
-    samples: list[int] = []
-    deadline = time.perf_counter_ns() + int(job["time_budget_s"] * 1e9)
-    while len(samples) < job["max_iters"] and (len(samples) < job["min_iters"] or time.perf_counter_ns() < deadline):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - start)
-    return samples
+def _time_calls(fn: Any, job: dict[str, Any]) -> list[int]:
+    return portable.time_calls(fn, warmup=job["warmup"], min_iters=job["min_iters"],
+                               time_budget_s=job["time_budget_s"], max_iters=job["max_iters"])
 
 
 def throughput(model: Any, sample: np.ndarray, job: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +176,7 @@ def throughput(model: Any, sample: np.ndarray, job: dict[str, Any]) -> dict[str,
 
     def loop(i: int) -> None:
         sub = dict(job, warmup=0, min_iters=max(1, job["min_iters"] // len(workers)))
-        per_thread[i] = time_calls(lambda: workers[i].run(sample), sub)
+        per_thread[i] = _time_calls(lambda: workers[i].run(sample), sub)
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(workers))]
     for t in threads:
@@ -234,7 +185,7 @@ def throughput(model: Any, sample: np.ndarray, job: dict[str, Any]) -> dict[str,
         t.join()
     wall_s = (time.perf_counter_ns() - start) / 1e9
     samples = [s for lst in per_thread for s in lst]
-    out = stats(samples)
+    out = portable.latency_stats(samples)
     out["throughput_ips"] = round(len(samples) * len(sample) / wall_s, 2)
     out["requests"] = len(workers)
     return out
@@ -285,7 +236,7 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
                 continue
             sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
             if mode == "latency":
-                row.update(stats(time_calls(lambda s=sample: model.run(s), job)))
+                row.update(portable.latency_stats(_time_calls(lambda s=sample: model.run(s), job)))
                 row["throughput_ips"] = round(batch * 1000 / row["median_ms"], 2) if row["median_ms"] else None
             else:
                 row.update(throughput(model, sample, job))
@@ -331,7 +282,7 @@ def main(argv: list[str]) -> int:
     base = job_path.parent
     result: dict[str, Any] = {
         "runner_version": RUNNER_VERSION,
-        "environment": {"cpu": cpu_info(), "python": platform.python_version(), "platform": platform.platform(),
+        "environment": {"cpu": portable.cpu_info(), "python": platform.python_version(), "platform": platform.platform(),
                         "runtimes": runtime_versions(), "threads": job["threads"], "cores": job.get("cores"),
                         "device": job.get("device", "cpu")},
         "artifacts": [],
