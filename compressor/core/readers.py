@@ -456,7 +456,7 @@ def _bundle_models() -> Any:
 
     class AccuracyCheck(Part):
         stage: str
-        images: int | None = None
+        images: int | None = Field(None, ge=1)
         backend: str
         labels_sha256: str
         images_sha256: str
@@ -491,6 +491,12 @@ def _bundle_models() -> Any:
 
         @model_validator(mode="after")
         def _checks_refer(self) -> Manifest:
+            for artifact in self.artifacts:
+                for rel in artifact.files.values():
+                    parts = Path(rel).parts
+                    if Path(rel).is_absolute() or ".." in parts or not parts:
+                        msg = f"artifact {artifact.stage!r} names the file {rel!r}, which leaves the bundle"
+                        raise ValueError(msg)
             stages = {a.stage for a in self.artifacts}
             for i, check in enumerate(self.accuracy_checks):
                 if check.stage not in stages:
