@@ -225,7 +225,8 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
         top5 = np.argsort(-logits, axis=1)[:, :5]
         common.update(top1=round(float((pred == labels).mean() * 100), 2),
                       top5=round(float((top5 == labels[:, None]).any(1).mean() * 100), 2),
-                      accuracy_images=int(len(labels)), predictions=pred.astype(int).tolist())
+                      accuracy_images=int(len(labels)), predictions=pred.astype(int).tolist(),
+                      top5_hits=(top5 == labels[:, None]).any(1).astype(int).tolist())
     rows = []
     for batch in job["batch_sizes"]:
         for mode in job["modes"]:
@@ -236,7 +237,8 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
                 continue
             sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
             if mode == "latency":
-                row.update(portable.latency_stats(_time_calls(lambda s=sample: model.run(s), job)))
+                row.update(portable.steady(lambda s=sample: portable.latency_stats(
+                    _time_calls(lambda: model.run(s), job)), job.get("max_cv")))
                 row["throughput_ips"] = round(batch * 1000 / row["median_ms"], 2) if row["median_ms"] else None
             else:
                 row.update(throughput(model, sample, job))
