@@ -26,8 +26,8 @@ from compressor.metrics.stats import (
     unpack_floats,
     wilson_interval,
 )
-from compressor.runtime.measure import latency_stats, measure_steady
 from compressor.runtime import portable
+from compressor.runtime.measure import latency_stats, measure_steady
 
 
 def outcomes(both: int, only_ref: int, only_cand: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-try:  # in the package (local target); on a device, the copy staged beside this file
+if __package__:  # imported from the package (tests)
     from compressor.runtime import portable
-except ImportError:
+else:  # run as a script in a staged folder: the copy staged beside this file, never another installed version
     import portable  # type: ignore[no-redef]
 
 RUNNER_VERSION = 1
@@ -237,8 +237,10 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
                 continue
             sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
             if mode == "latency":
-                row.update(portable.steady(lambda s=sample: portable.latency_stats(
-                    _time_calls(lambda: model.run(s), job)), job.get("max_cv")))
+                def timed(s: np.ndarray = sample) -> dict[str, Any]:
+                    return portable.latency_stats(_time_calls(lambda: model.run(s), job))
+
+                row.update(portable.steady(timed, job.get("max_cv")))
                 row["throughput_ips"] = round(batch * 1000 / row["median_ms"], 2) if row["median_ms"] else None
             else:
                 row.update(throughput(model, sample, job))
