@@ -124,6 +124,8 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
             "artifacts": artifacts,
             "measurements": rows,
             "gates": [r.to_json() for r in results],
+            # how the gates decided: the recipe's default mode (each result names its own) and the level
+            "decide": {"default": gates.decide, "confidence": gates.confidence, "over_seeds": gates.over_seeds},
             "accuracy_checks": accuracy_checks(recipe, rows, shipped),
             "history": {name: compression_history(run_stages, resolved["stages"], rows, name) for name in shipped},
             "stages": [{**{k: st[k] for k in ("name", "type", "key", "reused", "seconds")},

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import CompressorError
+from compressor.metrics.stats import drop_interval
 
 # Keys that identify "the same measurement" in two runs.
 ROW_KEY = ("target", "stage", "format", "precision", "backend", "batch", "mode")
@@ -133,6 +134,11 @@ def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
             entry["teacher_ms"] = ref["median_ms"]
         if top1_ref is not None and best.get(key) is not None:
             entry["loss_pt"] = round(top1_ref - best[key], 2)
+            reference = ref or (teacher_rows[0] if teacher_rows else None)
+            interval = drop_interval(reference, best, key) if reference is not None else None
+            if interval is not None:  # on the same images: the gates' paired interval
+                entry["loss_ci"] = [round(interval.low, 2), round(interval.high, 2)]
+                entry["loss_n"] = interval.n
         per_target[target] = entry
     return {"budget": budget, "teacher": teacher, "targets": per_target, "metric": key}
 
@@ -157,7 +163,9 @@ def answer_lines(ans: dict[str, Any]) -> list[str]:
         fastest.append(f"{target}: {_what(r)} at {r['median_ms']:.3f} ms")
         speed.append(f"{target} {e['speedup']:.2f}x ({e['teacher_ms']:.3f} → {r['median_ms']:.3f} ms)"
                      if "speedup" in e else f"{target}: teacher not measured there")
-        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r[key]:.2f})"
+        spread = (f" ± {(e['loss_ci'][1] - e['loss_ci'][0]) / 2:.2f}, 95% over {e['loss_n']}"
+                  if "loss_ci" in e else "")
+        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r[key]:.2f}{spread})"
                     if "loss_pt" in e else f"{target}: no accuracy measured")
     teacher = ans["teacher"] or "none found"
     return [

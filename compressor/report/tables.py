@@ -20,7 +20,11 @@ def _render(head: str, rows: list[dict[str, Any]], cells: Callable[[dict[str, An
 
 
 def _timing_cells(r: dict[str, Any]) -> list[str]:
-    return [_cell(r, "median_ms", "{:.3f}"), _cell(r, "p90_ms", "{:.3f}"), _cell(r, "p99_ms", "{:.3f}")]
+    median = _cell(r, "median_ms", "{:.3f}")
+    ci = r.get("median_ci_ms")
+    if isinstance(ci, list) and len(ci) == 2 and r.get("median_ms") is not None:
+        median += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return [median, _cell(r, "p90_ms", "{:.3f}"), _cell(r, "p99_ms", "{:.3f}")]
 
 
 def _embedding_cells(r: dict[str, Any]) -> list[str]:
@@ -35,15 +39,15 @@ def _classification_cells(r: dict[str, Any]) -> list[str]:
     return [target, r["stage"], r["format"], r["precision"], r["backend"], str(r.get("batch") or "-"),
             r.get("device", "-"), r.get("mode", "latency"), f"{r['size_bytes'] / 1024:.0f}",
             _cell(r, "top1", "{:.2f}"), _cell(r, "top1_agreement", "{:.2f}"), *_timing_cells(r),
-            _cell(r, "cv", "{:.2f}"), _cell(r, "peak_rss_mb", "{:.0f}"), _cell(r, "throughput_ips", "{:.1f}")]
+            _cell(r, "cv", "{:.2f}") + (" noisy" if r.get("noisy") else ""), _cell(r, "peak_rss_mb", "{:.0f}"), _cell(r, "throughput_ips", "{:.1f}")]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The results table; embedding rows (rank-1, mAP) get retrieval columns instead of top-1."""
     if rows and any("rank1" in r for r in rows) and not any("top1" in r for r in rows):
         return _render("| target | stage | format | precision | backend | batch | size (KB) | rank-1 | rank-5 | mAP | "
-                       "cos to source | cos to teacher | median ms | p90 ms | p99 ms | throughput (img/s) | status |",
+                       "cos to source | cos to teacher | median ms [95%] | p90 ms | p99 ms | throughput (img/s) | status |",
                        rows, _embedding_cells)
     return _render("| target | stage | format | precision | backend | batch | device | mode | size (KB) | top-1 | "
-                   "agreement | median ms | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |",
+                   "agreement | median ms [95%] | p90 ms | p99 ms | cv | peak RSS (MB) | throughput (img/s) | status |",
                    rows, _classification_cells)

@@ -17,7 +17,7 @@ from compressor.export.agreement import run_batched
 from compressor.metrics.evaluation import task_of
 from compressor.report.tables import markdown_table
 from compressor.runtime.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
-from compressor.runtime.measure import measure_latency
+from compressor.runtime.measure import DEFAULT_MAX_CV, measure_latency, measure_steady
 from compressor.runtime.targets import (
     CudaTarget,
     EmulatedTarget,
@@ -41,6 +41,9 @@ class BenchmarkConfig(StageConfig):
     min_iters: int = Field(50, ge=1)
     time_budget_s: float = Field(2.0, gt=0, le=3600, description="Keep timing until this many seconds, after min_iters.")
     max_iters: int = Field(10000, ge=1)
+    max_cv: float | None = Field(
+        DEFAULT_MAX_CV, gt=0, description="A row whose latency coefficient of variation (std / mean) is above "
+        "this is measured once more; still above, it is marked noisy (null: measure once).")
     accuracy_images: int | None = Field(None, ge=1, description="Accuracy on an even slice of the val split (default: all).")
     device: str = Field("cpu", description="Device for every backend: cpu, cuda (onnxruntime, pytorch), gpu (openvino).")
     settings: dict[str, dict[str, Any]] = Field(
@@ -109,13 +112,15 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
         logits = run_batched(session.run, images, fixed)
         task = task_of(ctx)
         row.update(task.row_metrics(logits, labels))
+        row["outcomes"] = task.outcomes(logits, labels)
         if reference is not None:
             row.update(task.agreement(logits, reference))
         if task.is_embedding and teacher is not None and teacher.shape[1:] == logits.shape[1:]:
             row["teacher_cosine"] = task.agreement(logits, teacher)["mean_cosine"]
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        stats = measure_latency(lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
-                                time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
+        stats = measure_steady(lambda: measure_latency(
+            lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
+            time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters), cfg.max_cv)
         row.update(stats)
         row["throughput_ips"] = round(batch * 1000 / stats["median_ms"], 2) if stats["median_ms"] else None
         row["runtime"] = session.describe()
@@ -202,6 +207,7 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
     import torch
 
     from compressor.metrics.classification import agreement, classification_metrics
+    from compressor.metrics.stats import classification_outcomes
 
     model = load_model_artifact(art.meta, art.path(ctx.cache_root, "weights")).cuda().eval()
     rows = []
@@ -222,15 +228,19 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
                         "device": torch.cuda.get_device_name(0), "autocast_fp16": precision == "fp16"},
         }
         acc = classification_metrics(logits, labels, len(ctx.data.classes))
-        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"])
+        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"],
+                   outcomes=classification_outcomes(logits, labels))
         if reference is not None:
             row.update(agreement(logits, reference))
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
         def call(s: np.ndarray = sample) -> np.ndarray:
             return run(s)
 
-        row.update(measure_latency(call, warmup=cfg.warmup, min_iters=cfg.min_iters,
-                                   time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters))
+        def timed(c: Any = call) -> dict[str, Any]:
+            return measure_latency(c, warmup=cfg.warmup, min_iters=cfg.min_iters,
+                                   time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
+
+        row.update(measure_steady(timed, getattr(cfg, "max_cv", DEFAULT_MAX_CV)))
         rows.append(row)
     return rows
 
@@ -251,7 +261,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
                    for stage, art in runnable],
         images=images, labels=labels, batch_sizes=list(cfg.batch_sizes), modes=list(cfg.modes),
         warmup=cfg.warmup, min_iters=cfg.min_iters, time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters,
-        requests=cfg.requests,
+        requests=cfg.requests, max_cv=getattr(cfg, "max_cv", DEFAULT_MAX_CV),
     )
     results: list[TargetResult] = []
     if job.artifacts:
@@ -276,7 +286,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
             ref = refs[art.id]
             ref_pred = ref.argmax(1) if ref is not None else None
             for runner_row in result.rows.get(stage, []):
-                row = target_row(base, result, runner_row, ref_pred)
+                row = target_row(base, result, runner_row, ref_pred, labels)
                 row.setdefault("mode", "latency")
                 rows.append(row)
                 ctx.log(f"{ctx.name}: {stage} on {target.label} b{row.get('batch')} {row.get('mode')}: "

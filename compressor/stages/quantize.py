@@ -23,6 +23,7 @@ from compressor.core.context import StageContext, StageOutput
 from compressor.errors import AccuracyGoalError, StageError
 from compressor.export.onnx import export_to_onnx
 from compressor.metrics.evaluation import Task, task_of
+from compressor.metrics.stats import drop_interval
 from compressor.quant import runners
 from compressor.quant.composition import check_composition, kept_float_names
 from compressor.quant.onnxruntime import OrtQuantOptions
@@ -324,6 +325,11 @@ def _int8_metrics(cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Jud
     out.update({f"int8_{task.primary}": score}, drop=round(judge.fp32_score - score, 3),
                eval_images=len(judge.images), float_layers=excluded, fp32_size_bytes=plan.fp32_size(),
                size_bytes=size)
+    # the drop with its 95% interval on these same images, by the machinery the gates use
+    interval = drop_interval({"outcomes": task.outcomes(judge.fp32_logits, judge.labels)},
+                             {"outcomes": task.outcomes(logits, judge.labels)}, task.primary)
+    if interval is not None:
+        out["drop_interval"] = interval.to_json()
     return out
 
 
