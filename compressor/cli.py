@@ -160,7 +160,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (
         (lambda m: _log(f"[worker {args.worker_index}] {m}")) if args.worker else _log)
     opts = SearchOptions(out_dir=out, cache_dir=cache, storage=storage, study_name=study, workers=args.workers,
-                         worker_argv=_search_argv(args, out, cache, storage, study), log=log)
+                         worker_argv=_search_argv(args, out, cache, storage, study), log=log, stages=args.stages)
     if args.worker:
         import time
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from compressor.core.artifacts import stable_hash, write_json, write_text
 from compressor.errors import CompressorError, NoFeasiblePlan
 from compressor.recipe import Recipe
+from compressor.registry import STAGES, StageEntry
 from compressor.search import report, results, space
 from compressor.search.measures import accuracy_metric
 from compressor.search.study import (
@@ -50,6 +51,7 @@ class SearchOptions:
     workers: int = 1
     worker_argv: Sequence[str] = ()      # the command line a worker process runs (without --worker flags)
     log: Callable[[str], None] = print
+    stages: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)  # the stage table trials run with
 
 
 @dataclass
@@ -121,7 +123,7 @@ def run_worker(doc: dict[str, Any], recipe: Recipe, cfg: SearchConfig, opts: Sea
     seed = worker_seed(cfg.seed if cfg.seed is not None else recipe.seed, worker_index, before, shared)
     study = open_study(doc, recipe, cfg, opts, seed)
     runner = TrialRunner(doc=doc, recipe=recipe, cfg=cfg, out_dir=opts.out_dir, cache_dir=opts.cache_dir,
-                         log=opts.log)
+                         log=opts.log, stages=opts.stages)
     return Worker(study, cfg, runner, opts.log).loop(until)
 
 

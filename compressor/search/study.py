@@ -76,18 +76,13 @@ def directions(cfg: SearchConfig) -> list[str]:
     return ["maximize" if name == "accuracy" else "minimize" for name in cfg.objectives.names()]
 
 
-def _violations(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("violations") or [0.0])
-
-
 def make_sampler(cfg: SearchConfig, seed: int) -> Any:
+    """Both samplers read each trial's constraint values (``Trial.set_constraint``): feasible plans first."""
     optuna = optuna_module()
-    constraints = _violations if cfg.constraints else None
     with _quiet_experimental():
         if cfg.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
-        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed,
-                                             constraints_func=constraints)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)
 
 
 def worker_seed(base: int, worker_index: int, trials_before: int, shared: bool) -> int:

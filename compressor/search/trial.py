@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compressor.engine import Engine, RunStopped, StageRecord
 from compressor.recipe import SOURCE_STAGE, Recipe, validate_document
+from compressor.registry import STAGES, StageEntry
 from compressor.release.bundle import artifact_sizes, benchmark_rows
 from compressor.release.gates import GateSet, MaxTop1Drop, MinAccuracy, evaluate_gates
 from compressor.search import space
@@ -56,6 +57,7 @@ class TrialRunner:
     out_dir: Path
     cache_dir: Path
     log: Callable[[str], None]
+    stages: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)
 
     def __call__(self, trial: Any) -> tuple[float, ...]:
         trial.set_user_attr("worker", worker_id())
@@ -88,7 +90,7 @@ class TrialRunner:
         recipe = validate_document(self.trial_doc(trial.number, chosen), f"trial {trial.number}")
         trial.set_user_attr("run_dir", str(recipe.output_dir))
         result = Engine(recipe, log=lambda m: self.log(f"trial {trial.number}: {m}"), show_progress=False,
-                        on_stage=_Stopper(self, trial)).run()
+                        stages=self.stages, on_stage=_Stopper(self, trial)).run()
         stages = json.loads(result.manifest_path.read_text())["stages"]
         keys = {s["name"]: s["key"] for s in stages}
         trial.set_user_attr("keys", keys)
@@ -107,11 +109,12 @@ class TrialRunner:
         """Each constraint through the gates' own evaluation; how far it misses, for ranking."""
         checks: list[dict[str, Any]] = []
         violations: list[float] = []
-        for gate in self.cfg.constraints:
+        for i, gate in enumerate(self.cfg.constraints):
             results = evaluate_gates(GateSet(teacher=self.teacher, checks=[gate]), rows, sizes)
             amount, reference = violation(gate, self.teacher, rows, sizes)
             failed = any(r.status == "fail" for r in results)
             violations.append(max(amount, 1e-6) if failed else 0.0)  # the gate's verdict decides, as in release
+            trial.set_constraint(f"{i}:{gate.label}", violations[-1])  # what the samplers rank by
             checks += [r.to_json() for r in results]
             ref = gate.reference(self.teacher)
             if reference is not None and ref is not None:
