@@ -149,7 +149,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     path = Path(args.recipe)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint}
     doc = apply_overrides(read_recipe_file(path), overrides)
-    recipe = validate_document(doc, str(path))
+    recipe = validate_document(doc, str(path), args.registry)
     cfg = recipe.settings.search
     if cfg is None:
         msg = f"{path} has no search: section; add one (space, objectives, constraints, budget; see docs/search.md)"
@@ -160,7 +160,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     log = (lambda _m: None) if args.quiet else (
         (lambda m: _log(f"[worker {args.worker_index}] {m}")) if args.worker else _log)
     opts = SearchOptions(out_dir=out, cache_dir=cache, storage=storage, study_name=study, workers=args.workers,
-                         worker_argv=_search_argv(args, out, cache, storage, study), log=log, stages=args.stages)
+                         worker_argv=_search_argv(args, out, cache, storage, study), log=log,
+                         registry=args.registry)
     if args.worker:
         import time
 

@@ -214,9 +214,10 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path: Path, cache: Path
     trials = _study(tmp_path / "run" / "search").get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state.name == "COMPLETE" for t in trials)
-    workers = {t.user_attrs["worker"] for t in trials}
-    assert len(workers) == 2 and str(os.getpid()) not in {w.rpartition(":")[2] for w in workers}
-    assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
+    # the first trial runs alone in the process started (it builds the shared stages), then two workers
+    assert "first trial alone" in proc.stderr and "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
+    workers = [t.user_attrs["worker"] for t in trials]
+    assert len(set(workers[1:]) - {workers[0]}) == 2, workers
     assert len({t.params["stages.teacher.lr"] for t in trials}) == 4
 
 

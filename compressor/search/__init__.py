@@ -6,5 +6,5 @@ engine into one shared stage cache (trials that share a prefix reuse it), judged
 
 May import: ``compressor.errors``, ``compressor.core``, ``compressor.metrics``, ``compressor.report``,
 ``compressor.runtime``, ``compressor.release``, ``compressor.registry``, ``compressor.search_config``,
-``compressor.recipe``, ``compressor.engine``.
+``compressor.recipe``, ``compressor.engine``. Only ``compressor.cli`` imports it.
 """

@@ -51,7 +51,7 @@ class SearchOptions:
     workers: int = 1
     worker_argv: Sequence[str] = ()      # the command line a worker process runs (without --worker flags)
     log: Callable[[str], None] = print
-    stages: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)  # the stage table trials run with
+    registry: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)  # the stage table trials run with
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _enqueue_baseline(study: Any, doc: dict[str, Any], recipe: Recipe, cfg: Sear
 
 
 def run_worker(doc: dict[str, Any], recipe: Recipe, cfg: SearchConfig, opts: SearchOptions,
-               worker_index: int, until: float | None) -> int:
+               worker_index: int, until: float | None, most: int | None = None) -> int:
     """One worker: run trials until the study's budget is spent (or ``until``); return how many it ran."""
     probe = open_study(doc, recipe, cfg, opts, 0)
     before = len(probe.get_trials(deepcopy=False))
@@ -123,8 +123,8 @@ def run_worker(doc: dict[str, Any], recipe: Recipe, cfg: SearchConfig, opts: Sea
     seed = worker_seed(cfg.seed if cfg.seed is not None else recipe.seed, worker_index, before, shared)
     study = open_study(doc, recipe, cfg, opts, seed)
     runner = TrialRunner(doc=doc, recipe=recipe, cfg=cfg, out_dir=opts.out_dir, cache_dir=opts.cache_dir,
-                         log=opts.log, stages=opts.stages)
-    return Worker(study, cfg, runner, opts.log).loop(until)
+                         log=opts.log, registry=opts.registry)
+    return Worker(study, cfg, runner, opts.log).loop(until, most)
 
 
 def _spawn_workers(opts: SearchOptions) -> list[subprocess.Popen[bytes]]:
@@ -148,6 +148,10 @@ def search(doc: dict[str, Any], recipe: Recipe, opts: SearchOptions, report_only
         until = deadline(cfg, time.monotonic())
         index = 0
         if opts.workers > 1:
+            if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+                # Workers started together would all build the stages every trial shares (the teacher).
+                opts.log("first trial alone, so that the stages every trial shares are built once")
+                run_worker(doc, recipe, cfg, opts, opts.workers, until, most=1)
             procs = _spawn_workers(opts)
             for i, proc in enumerate(procs):
                 code = proc.wait()

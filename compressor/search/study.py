@@ -139,11 +139,11 @@ class Worker:
             raise _OverBudget(msg)
         return self.run_trial(trial)
 
-    def loop(self, deadline: float | None) -> int:
-        """Run trials until the budget is spent (trials, or ``deadline`` on the monotonic clock); return how
-        many this worker ran."""
+    def loop(self, deadline: float | None, most: int | None = None) -> int:
+        """Run trials until the budget is spent (trials, or ``deadline`` on the monotonic clock), or ``most``
+        trials; return how many this worker ran."""
         ran = 0
-        while True:
+        while most is None or ran < most:
             if deadline is not None and time.monotonic() >= deadline:
                 self.log(f"wall time budget ({self.cfg.budget.wall_time_min:g} min) spent: no new trial")
                 break

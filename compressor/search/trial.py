@@ -57,7 +57,7 @@ class TrialRunner:
     out_dir: Path
     cache_dir: Path
     log: Callable[[str], None]
-    stages: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)
+    registry: Mapping[str, StageEntry] = field(default_factory=lambda: STAGES)
 
     def __call__(self, trial: Any) -> tuple[float, ...]:
         trial.set_user_attr("worker", worker_id())
@@ -87,10 +87,10 @@ class TrialRunner:
         return doc
 
     def _run(self, trial: Any, chosen: dict[str, Any]) -> tuple[float, ...]:
-        recipe = validate_document(self.trial_doc(trial.number, chosen), f"trial {trial.number}")
+        recipe = validate_document(self.trial_doc(trial.number, chosen), f"trial {trial.number}", self.registry)
         trial.set_user_attr("run_dir", str(recipe.output_dir))
         result = Engine(recipe, log=lambda m: self.log(f"trial {trial.number}: {m}"), show_progress=False,
-                        stages=self.stages, on_stage=_Stopper(self, trial)).run()
+                        registry=self.registry, on_stage=_Stopper(self, trial)).run()
         stages = json.loads(result.manifest_path.read_text())["stages"]
         keys = {s["name"]: s["key"] for s in stages}
         trial.set_user_attr("keys", keys)
