@@ -109,8 +109,11 @@ class TrialRunner:
         """Each constraint through the gates' own evaluation; how far it misses, for ranking."""
         checks: list[dict[str, Any]] = []
         violations: list[float] = []
+        base = self.recipe.gates  # its decide mode, confidence and over_seeds apply, as in release
         for i, gate in enumerate(self.cfg.constraints):
-            results = evaluate_gates(GateSet(teacher=self.teacher, checks=[gate]), rows, sizes)
+            gates = (base.model_copy(update={"teacher": self.teacher, "checks": [gate], "ship": None})
+                     if base is not None else GateSet(teacher=self.teacher, checks=[gate]))
+            results = evaluate_gates(gates, rows, sizes)
             amount, reference = violation(gate, self.teacher, rows, sizes)
             failed = any(r.status == "fail" for r in results)
             violations.append(max(amount, 1e-6) if failed else 0.0)  # the gate's verdict decides, as in release
