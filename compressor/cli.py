@@ -128,6 +128,63 @@ def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
     print(f"gates:    {out_dir / 'gates.md'}")
 
 
+def _search_argv(args: argparse.Namespace, out: Path, cache: Path, storage: str, study: str) -> list[str]:
+    """The command line a worker process of this search runs (every path already resolved)."""
+    argv = ["search", args.recipe, "--out", str(out), "--cache-dir", str(cache), "--storage", storage,
+            "--study", study]
+    for flag in ("data", "model", "checkpoint"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    return argv + (["--quiet"] if args.quiet else [])
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from compressor.recipe import apply_overrides, read_recipe_file, validate_document
+    from compressor.search.run import SearchOptions, default_paths, run_worker, search
+    from compressor.search.study import deadline
+
+    if args.workers < 1:
+        msg = f"--workers must be at least 1 (got {args.workers})"
+        raise CompressorError(msg)
+    path = Path(args.recipe)
+    overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint}
+    doc = apply_overrides(read_recipe_file(path), overrides)
+    recipe = validate_document(doc, str(path), args.registry)
+    cfg = recipe.settings.search
+    if cfg is None:
+        msg = f"{path} has no search: section; add one (space, objectives, constraints, budget; see docs/search.md)"
+        raise CompressorError(msg)
+    out, cache, storage = default_paths(recipe, Path(args.out) if args.out else None,
+                                        Path(args.cache_dir) if args.cache_dir else None, args.storage)
+    study = args.study or recipe.name
+    log = (lambda _m: None) if args.quiet else (
+        (lambda m: _log(f"[worker {args.worker_index}] {m}")) if args.worker else _log)
+    opts = SearchOptions(out_dir=out, cache_dir=cache, storage=storage, study_name=study, workers=args.workers,
+                         worker_argv=_search_argv(args, out, cache, storage, study), log=log,
+                         registry=args.registry)
+    if args.worker:
+        import time
+
+        run_worker(doc, recipe, cfg, opts, args.worker_index, deadline(cfg, time.monotonic()))
+        return 0
+    result = search(doc, recipe, opts, report_only=args.report_only)
+    chosen = result.chosen
+    assert chosen is not None  # search raises NoFeasiblePlan otherwise
+    counts = ", ".join(f"{v} {k}" for k, v in result.summary["counts"].items())
+    print(f"\nsearch {recipe.name}: {len(result.rows)} trials ({counts}); Pareto front: trials "
+          f"{', '.join(str(r['trial']) for r in result.front)}")
+    metrics = ", ".join(f"{label} {chosen['metrics'][name]:.3f}" for name, label in result.summary["objectives"].items()
+                        if name in chosen["metrics"] and name != "size")
+    print(f"chosen:   trial {chosen['trial']} ({metrics})")
+    if result.summary.get("baseline") is not None:
+        beaten = result.summary["baseline_dominated_by"]
+        print(f"recipe as written (trial {result.summary['baseline']}): "
+              + (f"dominated by trial(s) {', '.join(map(str, beaten))}" if beaten else "not dominated by any trial"))
+    print(f"best:     {result.best_path}")
+    print(f"report:   {result.report_path}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from compressor.errors import GateFailed
     from compressor.recipe import load_recipe
@@ -243,6 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with N processes (torchrun, DistributedDataParallel: one per GPU on CUDA, "
                    "gloo on CPU); stages that do not train run on the first process only")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("search", help="search the recipe's search: space with Optuna; writes search.md and best.yaml "
+                       "(exit 1: no plan meets the constraints)")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="search folder (default: <recipe output>/search)")
+    p.add_argument("--storage", help="Optuna RDB URL shared by every worker, e.g. postgresql://user:pass@host/db "
+                   "(default: sqlite:///<out>/study.db)")
+    p.add_argument("--study", help="study name in the storage (default: the recipe's name)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    p.add_argument("--cache-dir", help="stage cache every trial shares (default: the recipe's cache_dir, else "
+                   "<out>/cache); a shared folder when workers run on several machines")
+    p.add_argument("--report-only", action="store_true", help="run no trial: write the report of the study as it is")
+    p.add_argument("--data", help="ImageFolder root instead of the recipe's data")
+    p.add_argument("--model", help="torchvision architecture name or package.module:factory")
+    p.add_argument("--checkpoint", help="state dict to start from")
+    p.add_argument("--quiet", action="store_true", help="no per-trial log")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one worker process of --workers N
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("release", help="run a recipe, check its gates, write a release bundle (exit 1: a gate failed)")
     p.add_argument("recipe")

@@ -48,6 +48,10 @@ from compressor.train.models import build_model, load_state, model_meta, read_st
 CACHE_FORMAT = 2
 
 
+class RunStopped(Exception):
+    """Raised by an ``on_stage`` callback to end a run after the stage it has just seen."""
+
+
 @dataclass
 class StageRecord:
     name: str
@@ -142,9 +146,13 @@ class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-                 registry: Mapping[str, StageEntry] = STAGES):
+                 registry: Mapping[str, StageEntry] = STAGES,
+                 on_stage: Callable[[StageRecord], None] | None = None):
+        """``on_stage`` sees each finished (or reused) stage's record; raising :class:`RunStopped` there
+        ends the run early, recorded as stopped (a search stops a hopeless trial this way)."""
         self.recipe = recipe
         self.registry = registry  # stage type -> entry whose run function the engine calls
+        self.on_stage = on_stage
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -338,6 +346,10 @@ class Engine:
             write_json(path, self.manifest(status, error))
         return path
 
+    def _seen(self, record: StageRecord) -> None:
+        if self.on_stage is not None and self.dist.is_main:
+            self.on_stage(record)
+
     def run(self) -> RunResult:
         from compressor.report.render import write_report
 
@@ -361,6 +373,7 @@ class Engine:
                     self.recipe.model.model_dump(mode="json"), self._run_source,
                 )
                 self.records.append(source)
+                self._seen(source)
                 artifacts[SOURCE_STAGE] = source.artifact
                 for stage in self.recipe.stages:
                     inputs = {
@@ -380,10 +393,12 @@ class Engine:
                             raise
                         raise StageError(stage.name, str(err)) from err
                     self.records.append(record)
+                    self._seen(record)
                     artifacts[stage.name] = record.artifact
                     self._write_manifest("running")
             except BaseException as err:
-                status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                status = ("interrupted" if isinstance(err, KeyboardInterrupt)
+                          else "stopped" if isinstance(err, RunStopped) else "failed")
                 self._write_manifest(status, str(err) or type(err).__name__)
                 raise
             manifest_path = self._write_manifest("complete")

@@ -114,3 +114,9 @@ class AccuracyGoalError(CompressorError):
     def __init__(self, message: str, attempts: Sequence[dict[str, object]] = ()):
         self.attempts = list(attempts)
         super().__init__(message)
+
+
+class NoFeasiblePlan(CompressorError):
+    """A search found no plan that meets every constraint (exit code 1); its report names the closest."""
+
+    exit_code = 1
