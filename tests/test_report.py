@@ -95,6 +95,10 @@ def test_slower_int8_is_marked_and_both_speedups_head_the_report(tmp_path: Path)
     assert marked == {"teacher": None, "teacher_onnx": None, "student_onnx": None, "int8_onnx": True,
                       "int8_fast": False}
     assert doc["answer"]["targets"]["local"]["runtime_speedup"] == 4.0
+    # the teacher's own export wins: 1.00x over itself in that runtime
+    only = _bench_dir(tmp_path / "teacher_wins", [r for r in rows if r["stage"] in ("teacher", "teacher_onnx")])
+    assert "1.00x over the teacher's FP32 onnxruntime `teacher_onnx` (4.000 → 4.000 ms)" in \
+        write_report(only, figures=False).read_text().splitlines()[3]
 
 
 def test_pareto_front_and_missing_run_folder(tmp_path: Path) -> None:

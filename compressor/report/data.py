@@ -180,7 +180,8 @@ def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
             entry["teacher_ms"] = ref["median_ms"]
         if ref is not None and best["median_ms"] and best.get("format") != "model":
             # the teacher exported to the winner's runtime, FP32: what the compression itself bought there
-            twin = fp32_counterpart(best, rows, source=ref.get("source") or "")
+            own = best.get("precision") == "fp32" and best.get("source") and best.get("source") == ref.get("source")
+            twin = best if own else fp32_counterpart(best, rows, source=ref.get("source") or "")
             if twin is not None:
                 entry.update(runtime_speedup=round(twin["median_ms"] / best["median_ms"], 2),
                              runtime_teacher_ms=twin["median_ms"], runtime_teacher_stage=twin["stage"])
