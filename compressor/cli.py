@@ -92,10 +92,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         msg = f"--nproc must be at least 1 (got {args.nproc})"
         raise CompressorError(msg)
+    if args.nproc > 1 and args.seeds is not None:
+        msg = "--seeds runs the seeds one after another in one process; use it without --nproc"
+        raise CompressorError(msg)
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
     recipe = load_recipe(Path(args.recipe), overrides, args.registry)
+    seeds = args.seeds if args.seeds is not None else recipe.seeds
+    if seeds is not None:
+        if dist.enabled:
+            msg = "--seeds runs one process per seed in turn; drop --nproc (or seeds:) for this run"
+            raise CompressorError(msg)
+        return _run_seeds(args, recipe, seeds)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
                         show_progress=False if args.quiet else None, registry=args.registry)
     if not dist.is_main:
@@ -110,6 +119,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recipe.gates is not None:
         _print_run_gates(recipe, manifest, result.output_dir)
     return 0
+
+
+def _run_seeds(args: argparse.Namespace, recipe: Recipe, seeds: int) -> int:
+    """``run --seeds N``: the recipe under N seeds, mean ± std per artifact, gates over the seeds."""
+    from compressor.engine import run_seeds
+
+    result = run_seeds(recipe, seeds, log=_log if not args.quiet else (lambda _m: None),
+                       show_progress=False if args.quiet else None, registry=args.registry)
+    manifests = {s: json.loads(r.manifest_path.read_text()) for s, r in result.runs.items()}
+    print(f"\nrun {recipe.name} under {seeds} seed(s):")
+    for seed, manifest in manifests.items():
+        reused = sum(1 for st in manifest["stages"] if st["reused"])
+        print(f"  seed {seed}: {len(manifest['stages'])} stages ({reused} reused), {result.runs[seed].manifest_path}")
+    print("\n" + result.table_path.read_text().split("\n", 2)[2])
+    print(f"seeds:    {result.table_path}")
+    if recipe.gates is not None:
+        _print_seed_gates(recipe, manifests, result.output_dir)
+    return 0
+
+
+def _print_seed_gates(recipe: Recipe, manifests: dict, out_dir: Path) -> None:
+    """Each gate checked under every seed, then combined by its ``over_seeds`` (mean or worst)."""
+    from compressor.core.artifacts import write_json, write_text
+    from compressor.release.bundle import artifact_sizes, benchmark_rows
+    from compressor.release.gates import combine_seeds, evaluate_gates, gate_table, summary
+
+    assert recipe.gates is not None
+    per_seed = {seed: evaluate_gates(recipe.gates, benchmark_rows(m["stages"]), artifact_sizes(m["stages"]))
+                for seed, m in manifests.items()}
+    results = combine_seeds(recipe.gates, per_seed)
+    table = gate_table(results)
+    write_text(out_dir / "gates.md", f"# Release gates: {recipe.name} over seeds {', '.join(map(str, manifests))}"
+                                     f"\n\n{table}")
+    write_json(out_dir / "gates.json", [r.to_json() for r in results])
+    print(f"\n{table}{summary(results)} over {len(manifests)} seeds (advisory here)")
+    print(f"gates:    {out_dir / 'gates.md'}")
 
 
 def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
@@ -296,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state dict to start from")
     p.add_argument("--out", help="output folder (default: the recipe's output, or runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress and no per-stage log")
+    p.add_argument("--seeds", type=int, metavar="N", help="run under N seeds (the recipe's seed, +1, ...) and "
+                   "report each artifact's metrics as mean ± std (default: the recipe's seeds:, else one run)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (torchrun, DistributedDataParallel: one per GPU on CUDA, "
                    "gloo on CPU); stages that do not train run on the first process only")

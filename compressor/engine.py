@@ -413,3 +413,48 @@ def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress
                registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
     """Run ``recipe``; return where its manifest and report are."""
     return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()
+
+
+@dataclass
+class SeedsResult:
+    """Runs of one recipe under several seeds: each seed's run, and the summary over them."""
+
+    output_dir: Path
+    runs: dict[int, RunResult]
+    summary_path: Path
+    table_path: Path
+
+
+def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """``recipe`` under ``seed``: its own run folder ``<output>/seeds/seed-<seed>``, the recipe's cache.
+
+    The seed joins every stage's cache key, so a seed already run is reused stage by stage, and the
+    recipe's own seed reuses a plain run's stages (same cache folder).
+    """
+    settings = recipe.settings.model_copy(update={
+        "seed": seed, "output": recipe.output_dir / "seeds" / f"seed-{seed}", "cache_dir": recipe.cache_root})
+    return Recipe(settings=settings, stages=recipe.stages, source=recipe.source)
+
+
+def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, show_progress: bool | None = None,
+              registry: Mapping[str, StageEntry] = STAGES) -> SeedsResult:
+    """Run ``recipe`` under ``count`` seeds (its seed, seed + 1, ...) one after another, then write
+    ``seeds.json`` and ``seeds.md`` (mean ± std and per-seed values of every metric) in its run folder."""
+    import json
+
+    from compressor.core.artifacts import write_text
+    from compressor.report.seeds import seed_summary, seeds_table
+
+    if count < 1:
+        msg = f"--seeds must be at least 1 (got {count})"
+        raise CompressorError(msg)
+    runs: dict[int, RunResult] = {}
+    for seed in range(recipe.seed, recipe.seed + count):
+        log(f"seed {seed} ({seed - recipe.seed + 1} of {count})")
+        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry)
+    summary = seed_summary({s: json.loads(r.manifest_path.read_text()) for s, r in runs.items()})
+    out = recipe.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "seeds.json", summary)
+    write_text(out / "seeds.md", f"# {recipe.name} under {count} seeds\n\n" + seeds_table(summary))
+    return SeedsResult(out, runs, out / "seeds.json", out / "seeds.md")

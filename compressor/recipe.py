@@ -29,6 +29,9 @@ class RecipeSettings(Strict):
         "classification", description="embedding: the model outputs embeddings judged by retrieval (rank-1, mAP).")
     embedding: EmbeddingConfig | None = Field(None, description="Options of task: embedding (defaults apply).")
     seed: int = Field(0, ge=0)
+    seeds: int | None = Field(
+        None, ge=1, le=64, description="Run under this many seeds (seed, seed + 1, ...) and report each "
+        "artifact's metrics as mean ± std with the per-seed values (compressor run --seeds N overrides).")
     output: Path | None = Field(None, description="Run folder. Default: runs/<name>.")
     cache_dir: Path | None = Field(None, description="Stage cache. Default: <output>/cache.")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
