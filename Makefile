@@ -18,10 +18,10 @@ NNCF_EXT_STAMP := .cache/torch_extensions/.built
 PYTEST_ARGS ?=
 ARM_ROOTFS ?= .cache/arm64-rootfs
 
-.PHONY: help setup setup-demo data ssh-server arm-rootfs demo test lint compress bench report release verify clean
+.PHONY: help setup setup-demo data ssh-server arm-rootfs demo search-demo test lint compress bench report release verify clean
 
 help:
-	@echo "make demo | test | lint | arm-rootfs | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
+	@echo "make demo | search-demo [WORKERS=N] | test | lint | arm-rootfs | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
 	@echo "make release RECIPE=... VERSION=... [BASELINE=bundle] [OUT=dir] | verify BUNDLE=dir"
 
 # Reinstall only when pyproject.toml's content changes (not its mtime: a checkout touches that).
@@ -75,6 +75,10 @@ data:
 
 demo: setup-demo
 	$(VENV)/bin/compressor run recipes/demo.yaml
+
+# compressor search on the embedded data: about an hour on 2 cores (budget: 12 trials or 60 minutes).
+search-demo: setup
+	$(VENV)/bin/compressor search recipes/search_demo.yaml $(if $(WORKERS),--workers $(WORKERS))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compressor tests benchmarks

@@ -49,6 +49,10 @@ from compressor.train.models import build_model, load_state, model_meta, read_st
 CACHE_FORMAT = 2
 
 
+class RunStopped(Exception):
+    """Raised by an ``on_stage`` callback to end a run after the stage it has just seen."""
+
+
 @dataclass
 class StageRecord:
     name: str
@@ -163,9 +167,13 @@ class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-                 registry: Mapping[str, StageEntry] = STAGES):
+                 registry: Mapping[str, StageEntry] = STAGES,
+                 on_stage: Callable[[StageRecord], None] | None = None):
+        """``on_stage`` sees each finished (or reused) stage's record; raising :class:`RunStopped` there
+        ends the run early, recorded as stopped (a search stops a hopeless trial this way)."""
         self.recipe = recipe
         self.registry = registry  # stage type -> entry whose run function the engine calls
+        self.on_stage = on_stage
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -370,6 +378,10 @@ class Engine:
             write_json(path, self.manifest(status, error))
         return path
 
+    def _seen(self, record: StageRecord) -> None:
+        if self.on_stage is not None and self.dist.is_main:
+            self.on_stage(record)
+
     def run(self) -> RunResult:
         from compressor.report.render import write_report
 
@@ -396,6 +408,7 @@ class Engine:
                     self.recipe.model.model_dump(mode="json"), self._run_source,
                 )
                 self.records.append(source)
+                self._seen(source)
                 artifacts[SOURCE_STAGE] = source.artifact
                 for stage in self.recipe.stages:
                     inputs = {
@@ -415,10 +428,12 @@ class Engine:
                             raise
                         raise StageError(stage.name, str(err)) from err
                     self.records.append(record)
+                    self._seen(record)
                     artifacts[stage.name] = record.artifact
                     self._write_manifest("running")
             except BaseException as err:
-                status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                status = ("interrupted" if isinstance(err, KeyboardInterrupt)
+                          else "stopped" if isinstance(err, RunStopped) else "failed")
                 self._write_manifest(status, str(err) or type(err).__name__)
                 raise
             manifest_path = self._write_manifest("complete")
@@ -433,3 +448,48 @@ def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress
                registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
     """Run ``recipe``; return where its manifest and report are."""
     return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()
+
+
+@dataclass
+class SeedsResult:
+    """Runs of one recipe under several seeds: each seed's run, and the summary over them."""
+
+    output_dir: Path
+    runs: dict[int, RunResult]
+    summary_path: Path
+    table_path: Path
+
+
+def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """``recipe`` under ``seed``: its own run folder ``<output>/seeds/seed-<seed>``, the recipe's cache.
+
+    The seed joins every stage's cache key, so a seed already run is reused stage by stage, and the
+    recipe's own seed reuses a plain run's stages (same cache folder).
+    """
+    settings = recipe.settings.model_copy(update={
+        "seed": seed, "output": recipe.output_dir / "seeds" / f"seed-{seed}", "cache_dir": recipe.cache_root})
+    return Recipe(settings=settings, stages=recipe.stages, source=recipe.source)
+
+
+def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, show_progress: bool | None = None,
+              registry: Mapping[str, StageEntry] = STAGES) -> SeedsResult:
+    """Run ``recipe`` under ``count`` seeds (its seed, seed + 1, ...) one after another, then write
+    ``seeds.json`` and ``seeds.md`` (mean ± std and per-seed values of every metric) in its run folder."""
+    import json
+
+    from compressor.core.artifacts import write_text
+    from compressor.report.seeds import seed_summary, seeds_table
+
+    if count < 1:
+        msg = f"--seeds must be at least 1 (got {count})"
+        raise CompressorError(msg)
+    runs: dict[int, RunResult] = {}
+    for seed in range(recipe.seed, recipe.seed + count):
+        log(f"seed {seed} ({seed - recipe.seed + 1} of {count})")
+        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry)
+    summary = seed_summary({s: json.loads(r.manifest_path.read_text()) for s, r in runs.items()})
+    out = recipe.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "seeds.json", summary)
+    write_text(out / "seeds.md", f"# {recipe.name} under {count} seeds\n\n" + seeds_table(summary))
+    return SeedsResult(out, runs, out / "seeds.json", out / "seeds.md")

@@ -116,6 +116,12 @@ class AccuracyGoalError(CompressorError):
         super().__init__(message)
 
 
+class NoFeasiblePlan(CompressorError):
+    """A search found no plan that meets every constraint (exit code 1); its report names the closest."""
+
+    exit_code = 1
+
+
 class InputFileError(CompressorError):
     """A file the user passed is missing, of another kind, truncated, or lacks a companion file."""
 

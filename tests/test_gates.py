@@ -13,7 +13,7 @@ from compressor.cli import main
 from compressor.errors import CompressorError, RecipeError
 from compressor.metrics.stats import prediction_outcomes
 from compressor.recipe import json_schema, load_recipe, validate_document
-from compressor.release.gates import GateSet, evaluate_gates, gate_table
+from compressor.release.gates import GateSet, combine_seeds, evaluate_gates, gate_table
 from compressor.releasing import make_release
 from tests.conftest import TINY_RECIPE, write_recipe
 
@@ -275,3 +275,22 @@ def test_latency_gates_use_the_interval_of_their_statistic() -> None:
     # a row without an interval cannot pass strict, and says why
     bare, = decided(gate, [row("int8", 89.0, 4.8)], "strict")
     assert bare.status == "fail" and "no interval recorded" in bare.note
+
+
+def test_gates_over_seeds_take_the_worst_or_the_mean() -> None:
+    """Three seeds drop 0.5, 0.8 and 1.4 pt against a 1 pt ceiling (decided on the estimates)."""
+    gates = GateSet.model_validate({"teacher": "teacher", "decide": "point", "checks": [
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 1.0},
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 1.0, "over_seeds": "mean"},
+    ]})
+    per_seed = {seed: evaluate_gates(gates, [row("teacher", 90.0, 10.0, fmt="model"), row("int8", 90.0 - drop, 2.0)],
+                                     {}) for seed, drop in ((0, 0.5), (1, 0.8), (2, 1.4))}
+    worst, mean = combine_seeds(gates, per_seed)
+    assert (worst.status, worst.measured) == ("fail", "+1.40 pt") and "seed 2 of 3" in worst.note
+    assert [s["status"] for s in worst.seeds or []] == ["pass", "pass", "fail"]
+    assert mean.status == "pass" and mean.value == pytest.approx(0.9)
+    assert mean.measured == "0.90 (mean of 3 seeds, sd 0.46)"
+    # a seed whose row is missing fails the check under worst
+    del per_seed[1][0:2]
+    assert combine_seeds(gates, per_seed)[0].status == "fail"
+    assert "not measured under seed(s) 1" in combine_seeds(gates, per_seed)[0].note

@@ -44,6 +44,11 @@ def test_demo_recipe_end_to_end_on_a_small_slice(tmp_path: Path, cli_env: dict[s
         assert by_name[name]["metrics"]["top1_agreement"] >= 99.9
     report = (tmp_path / "out/report.md").read_text()
     assert "## Benchmark: bench" in report and "features:" in report
+    speed = next(line for line in report.splitlines() if line.startswith("2. **Speed-up over the teacher:**"))
+    print(speed)
+    for r in rows:  # every INT8 row is compared with its own FP32 in the same runtime
+        if r["precision"] == "int8":
+            assert r["fp32_stage"] in ("onnx", "openvino", "tflite") and r["int8_speedup"] > 0, r
 
     again = run_checked([PYTHON, "-m", "compressor.cli", "report", str(tmp_path / "out")], expected_s=30,
                         env=cli_env, cwd=tmp_path)

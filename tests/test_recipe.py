@@ -50,8 +50,8 @@ def test_unknown_stage_type_did_you_mean() -> None:
 
 def test_unknown_top_level_key() -> None:
     doc = copy.deepcopy(TINY_RECIPE)
-    doc["seeds"] = 3
-    assert problems_of(doc) == ['seeds: unknown key (did you mean "seed"?)']
+    doc["thread"] = 3
+    assert problems_of(doc) == ['thread: unknown key (did you mean "threads"?)']
 
 
 def test_wrong_type_option() -> None:

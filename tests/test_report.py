@@ -52,7 +52,8 @@ def test_answer_baseline_regressions_html_and_figures(tmp_path: Path) -> None:
     assert head[0].startswith("1. **Fastest within the accuracy budget** (top-1 at most 1 pt below teacher `teacher`)")
     assert "local: `int8` (onnx int8, onnxruntime, batch 1) at 2.500 ms" in head[0]
     assert "arm64-emulated: emulated, latency not ranked" in head[0]
-    assert head[1] == "2. **Speed-up over the teacher:** local 4.00x (10.000 → 2.500 ms)"
+    assert head[1] == ("2. **Speed-up over the teacher:** local 4.00x over PyTorch eager (10.000 → 2.500 ms), "
+                       "teacher's FP32 onnxruntime not measured (add its export to the benchmark inputs)")
     assert head[2] == "3. **Accuracy loss:** local +0.50 pt (90.00 → 89.50)"
     assert "**2 regression(s)** in 5 matched rows" in text
     assert "median +25.0% (> 10%)" in text and "top-1 -1.00 pt (> 0.5 pt drop)" in text
@@ -67,6 +68,36 @@ def test_answer_baseline_regressions_html_and_figures(tmp_path: Path) -> None:
     assert "local: `tiny`" in write_report(now, budget=15.0, figures=False).read_text().splitlines()[2]
     assert run_checked([PYTHON, "-m", "compressor.cli", "report", str(now), "--baseline", str(base),
                         "--fail-on-regression"], expected_s=30).returncode == 1
+
+
+def test_slower_int8_is_marked_and_both_speedups_head_the_report(tmp_path: Path) -> None:
+    rows = [
+        _row("teacher", "model", "fp32", 90.0, 10.0, source="t"),
+        _row("teacher_onnx", "onnx", "fp32", 90.0, 4.0, source="t"),
+        _row("student_onnx", "onnx", "fp32", 89.8, 1.0, source="s"),
+        _row("int8_onnx", "onnx", "int8", 89.6, 1.25, source="s"),  # planted: slower than its own FP32
+        _row("int8_fast", "onnx", "int8", 80.0, 0.5, source="s"),
+    ]
+    run = _bench_dir(tmp_path / "run", rows)
+    text = write_report(run, figures=False).read_text()
+    head = text.splitlines()[2:6]
+    assert head[1] == ("2. **Speed-up over the teacher:** local 10.00x over PyTorch eager (10.000 → 1.000 ms), "
+                       "4.00x over the teacher's FP32 onnxruntime `teacher_onnx` (4.000 → 1.000 ms)")
+    assert head[3] == ("4. **❎ INT8 slower than its FP32 in the same runtime:** `int8_onnx` (onnx, onnxruntime, "
+                       "batch 1) 0.80x vs `student_onnx` (1.000 → 1.250 ms)")
+    lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| local |")}
+    assert lines["int8_onnx"].endswith("| ❎ **INT8 slower than FP32**: 0.80x vs FP32 `student_onnx` |")
+    assert lines["int8_fast"].endswith("| ok, 2.00x vs FP32 `student_onnx` |")  # its own FP32, not the teacher's
+    assert lines["teacher_onnx"].endswith("| ok |")
+    doc = json.loads((run / "results.json").read_text())
+    marked = {r["stage"]: r.get("slower_than_fp32") for r in doc["rows"]}
+    assert marked == {"teacher": None, "teacher_onnx": None, "student_onnx": None, "int8_onnx": True,
+                      "int8_fast": False}
+    assert doc["answer"]["targets"]["local"]["runtime_speedup"] == 4.0
+    # the teacher's own export wins: 1.00x over itself in that runtime
+    only = _bench_dir(tmp_path / "teacher_wins", [r for r in rows if r["stage"] in ("teacher", "teacher_onnx")])
+    assert "1.00x over the teacher's FP32 onnxruntime `teacher_onnx` (4.000 → 4.000 ms)" in \
+        write_report(only, figures=False).read_text().splitlines()[3]
 
 
 def test_pareto_front_and_missing_run_folder(tmp_path: Path) -> None:

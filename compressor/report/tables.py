@@ -14,9 +14,19 @@ def _render(head: str, rows: list[dict[str, Any]], cells: Callable[[dict[str, An
     """A Markdown table: ``head``, then per row its ``cells`` and the status (with the reason when not ok)."""
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-        lines.append("| " + " | ".join([*cells(r), status]) + " |")
+        lines.append("| " + " | ".join([*cells(r), status_cell(r)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def status_cell(r: dict[str, Any]) -> str:
+    """ok / failed / skipped with the reason; an INT8 row says how it compares with its FP32 in the same
+    runtime, and one slower than its FP32 is marked ❎ (never shipped silently)."""
+    if r["status"] != "ok":
+        return f"{r['status']}: {r.get('reason', '')}"
+    if r.get("int8_speedup") is None:
+        return "ok"
+    vs = f"{r['int8_speedup']:.2f}x vs FP32 `{r['fp32_stage']}`"
+    return f"❎ **INT8 slower than FP32**: {vs}" if r.get("slower_than_fp32") else f"ok, {vs}"
 
 
 def _timing_cells(r: dict[str, Any]) -> list[str]:

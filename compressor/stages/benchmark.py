@@ -15,6 +15,7 @@ from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
 from compressor.export.agreement import run_batched
 from compressor.metrics.evaluation import task_of
+from compressor.report.data import mark_int8_vs_fp32
 from compressor.report.tables import markdown_table
 from compressor.runtime.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
 from compressor.runtime.measure import DEFAULT_MAX_CV, measure_latency, measure_steady
@@ -87,6 +88,22 @@ def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo
     return memo[source.id]
 
 
+def source_id(art: Artifact) -> str | None:
+    """The PyTorch model an artifact came from (itself for a model): rows of one source in one runtime are
+    an artifact and its FP32 counterpart, or the teacher and its export."""
+    if art.kind == "model":
+        return art.id[:12]
+    src = art.meta.get("source_model")
+    return str(src["id"])[:12] if isinstance(src, dict) and src.get("id") else None
+
+
+def _mark_slower_int8(ctx: StageContext, rows: list[dict[str, Any]]) -> None:
+    for r in mark_int8_vs_fp32(rows):
+        ctx.log(f"{ctx.name}: WARNING: INT8 `{r['stage']}` on {r['backend']} b{r['batch']} is slower than its FP32 "
+                f"`{r['fp32_stage']}` in the same runtime ({r['fp32_median_ms']:.3f} → {r['median_ms']:.3f} ms, "
+                f"{r['int8_speedup']:.2f}x)")
+
+
 def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact, backend: str, batch: int,
               images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None,
               teacher: np.ndarray | None = None) -> dict[str, Any]:
@@ -96,7 +113,7 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     size = sum(p.stat().st_size for p in (ctx.cache_root / art.folder).iterdir()
                if p.name in art.files.values())
     row: dict[str, Any] = {
-        "stage": stage, "artifact": art.id[:12], "format": art.meta.get("format", art.kind),
+        "stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": art.meta.get("format", art.kind),
         "precision": art.meta.get("precision", "fp32"), "backend": backend, "device": cfg.device, "batch": batch,
         "size_bytes": size, "macs": art.meta.get("macs"), "params": art.meta.get("params"),
         "status": "ok", "target": "local", "target_type": "local", "mode": "latency", "emulated": False,
@@ -166,6 +183,7 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
                 + (f"{task.label if task.is_embedding else 'top-1'} {row[acc_key]:.2f}, median "
                    f"{row['median_ms']:.3f} ms" if row["status"] == "ok"
                    else f"{row['status']} ({row.get('reason')})"))
+    _mark_slower_int8(ctx, rows)
     write_json(ctx.out_dir / "results.json", {"rows": rows})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     art = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
@@ -221,7 +239,8 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
 
         logits = run_batched(run, images, None)
         row: dict[str, Any] = {
-            "stage": stage, "artifact": art.id[:12], "format": "model", "precision": precision,
+            "stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": "model",
+            "precision": precision,
             "backend": "pytorch", "batch": batch, "size_bytes": artifact_size(ctx, art), "status": "ok",
             "macs": art.meta.get("macs"), "params": art.meta.get("params"),
             "runtime": {"runtime": "pytorch", "version": torch.__version__, "provider": "cuda",
@@ -272,7 +291,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
     for target in cfg.targets:
         for stage, art in artifacts:
             fmt = art.meta.get("format", art.kind)
-            base = {"stage": stage, "artifact": art.id[:12], "format": fmt,
+            base = {"stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": fmt,
                     "precision": art.meta.get("precision", "fp32"), "backend": "-", "batch": None,
                     "size_bytes": artifact_size(ctx, art), "macs": art.meta.get("macs"),
                     "params": art.meta.get("params"), "target": target.label, "target_type": target.type}
@@ -298,6 +317,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
         if target.label not in by_target:
             environments.append({"target": target.label, "type": target.type,
                                  "emulated": isinstance(target, EmulatedTarget), "note": None, "environment": {}})
+    _mark_slower_int8(ctx, rows)
     write_json(ctx.out_dir / "results.json", {"rows": rows, "targets": environments})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     out = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})

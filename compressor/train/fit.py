@@ -202,6 +202,7 @@ def fit(
     loss_fn: LossFn | None = None,
     extra: nn.Module | None = None,
     desc: str = "train",
+    epoch_start: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the weights with the best validation top-1.
 
@@ -212,6 +213,8 @@ def fit(
         loss_fn: ``loss_fn(model, images, labels) -> loss``; default cross-entropy with label smoothing.
         extra: further trainable modules (e.g. distillation adapters), optimised and checkpointed too.
         desc: label for progress bars and checkpoint files (one stage may call fit several times).
+        epoch_start: called as ``epoch_start(epoch, model)`` (epoch counted from 0) after the model is put
+            in training mode, before the epoch's first step (QAT freezes BatchNorm statistics there).
     """
     from compressor.metrics.evaluation import task_of
 
@@ -285,6 +288,8 @@ def fit(
         model.train()
         if extra is not None:
             extra.train()
+        if epoch_start is not None:
+            epoch_start(epoch, model)
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
