@@ -92,6 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         msg = f"--nproc must be at least 1 (got {args.nproc})"
         raise CompressorError(msg)
+    if args.out:
+        from compressor.core.readers import check_output_folder
+
+        check_output_folder(Path(args.out))
     if args.nproc > 1 and args.seeds is not None:
         msg = "--seeds runs the seeds one after another in one process; use it without --nproc"
         raise CompressorError(msg)
@@ -201,6 +205,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CompressorError(msg)
     out, cache, storage = default_paths(recipe, Path(args.out) if args.out else None,
                                         Path(args.cache_dir) if args.cache_dir else None, args.storage)
+    from compressor.core.readers import check_output_folder
+
+    check_output_folder(out, "--out")
+    check_output_folder(cache, "--cache-dir")
     study = args.study or recipe.name
     log = (lambda _m: None) if args.quiet else (
         (lambda m: _log(f"[worker {args.worker_index}] {m}")) if args.worker else _log)
@@ -231,11 +239,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    from compressor.core.readers import check_output_folder
     from compressor.errors import GateFailed
     from compressor.recipe import load_recipe
     from compressor.release.gates import gate_table, summary
     from compressor.releasing import make_release
 
+    if args.out:
+        check_output_folder(Path(args.out))
     recipe = load_recipe(Path(args.recipe), registry=args.registry)
     result = make_release(
         recipe, args.version, out=Path(args.out) if args.out else None,
@@ -288,17 +299,14 @@ def _targets_from(args: argparse.Namespace) -> list:
 
     targets = [parse_target(spec) for spec in args.target or []]
     if args.targets_file:
-        import yaml
         from pydantic import TypeAdapter, ValidationError
 
+        from compressor.core.readers import read_yaml_file
         from compressor.runtime.targets import TargetConfig
 
         path = Path(args.targets_file)
-        if not path.is_file():
-            msg = f"--targets-file {path} does not exist"
-            raise CompressorError(msg)
         try:
-            targets += TypeAdapter(list[TargetConfig]).validate_python(yaml.safe_load(path.read_text()))
+            targets += TypeAdapter(list[TargetConfig]).validate_python(read_yaml_file(path, "targets"))
         except ValidationError as err:
             first = err.errors()[0]
             msg = f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
@@ -318,7 +326,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as err:
             msg = f"--preprocess is not JSON ({err}); e.g. '{{\"crop\": 224, \"channels\": 3}}'"
             raise CompressorError(msg) from err
-    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    from compressor.core.readers import check_output_folder
+
+    out = check_output_folder(Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}"))
     timing = {"warmup": args.warmup, "min_iters": args.min_iters, "time_budget_s": args.time_budget_s,
               "max_iters": args.max_iters, "requests": args.requests}
     path = run_bench([Path(p) for p in args.artifacts], _targets_from(args), out, args.data, preprocess,

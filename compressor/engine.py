@@ -38,7 +38,8 @@ from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
-from compressor.errors import CompressorError, RunLockedError, StageError
+from compressor.core.readers import check_output_folder, describe_non_finite, non_finite_tensors
+from compressor.errors import CompressorError, ModelSourceError, RunLockedError, StageError
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
 from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
@@ -100,6 +101,26 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+@contextlib.contextmanager
+def stage_lock(cache_root: Path, key: str, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold ``cache_root/<key>.lock`` while one stage is checked and computed.
+
+    Runs with other output folders may share one cache (parallel CI jobs): the first to reach a stage
+    computes it while the others wait here, then find it done and reuse it. The lock is an ``flock``,
+    so a run that dies (even by ``kill -9``) releases it; the empty lock files stay in the cache.
+    """
+    fh = open(cache_root / f"{key}.lock", "a+")  # noqa: SIM115 - held for the stage
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         yield
     finally:
         fh.close()
@@ -221,6 +242,10 @@ class Engine:
         model = build_model(src, self._classes(), self._in_channels())
         if src.checkpoint is not None:
             load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
+        elif bad := non_finite_tensors(model.state_dict()):
+            spec = src.entry_point or src.arch
+            msg = f"model source {spec} builds weights holding NaN/Inf: {describe_non_finite(bad)}; fix its initialisation"
+            raise ModelSourceError(msg)
         meta = model_meta(src, self._classes(), self._in_channels())
         if self.recipe.task == "embedding":
             from compressor.train.embedding import embedding_net, embedding_spec
@@ -252,20 +277,27 @@ class Engine:
     def _execute(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
                  config: dict[str, Any], fn: Callable[[StageContext], StageOutput],
                  distributed: bool = False) -> StageRecord:
-        done = self.cache_root / key
-        marker = done / "stage.json"
-        if broadcast_object(self.dist, marker.exists()):  # rank 0 decides, so all ranks agree
-            self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
-            return self._saved_record(name, stage_type, key, True)
+        marker = self.cache_root / key / "stage.json"
         if not self.dist.is_main:
+            if broadcast_object(self.dist, None):  # rank 0 decides, so all ranks agree
+                return self._saved_record(name, stage_type, key, True)
             return self._follow(name, stage_type, key, inputs, refs, fn, distributed)
-        try:
-            record = self._run_stage(name, stage_type, key, inputs, refs, config, fn, distributed)
-        except BaseException as err:
-            if self.dist.enabled and not distributed:  # the other ranks wait for this answer
-                broadcast_object(self.dist, f"rank 0 failed in stage '{name}': {err}")
-            raise
-        broadcast_object(self.dist, None)
+
+        def waiting() -> None:
+            self.log(f"{name} ({stage_type}): another run is computing it in the shared cache "
+                     f"{self.cache_root} ({key[:12]}); waiting to reuse it")
+
+        with stage_lock(self.cache_root, key, waiting):
+            if broadcast_object(self.dist, marker.exists()):
+                self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
+                return self._saved_record(name, stage_type, key, True)
+            try:
+                record = self._run_stage(name, stage_type, key, inputs, refs, config, fn, distributed)
+            except BaseException as err:
+                if self.dist.enabled and not distributed:  # the other ranks wait for this answer
+                    broadcast_object(self.dist, f"rank 0 failed in stage '{name}': {err}")
+                raise
+            broadcast_object(self.dist, None)
         return record
 
     def _follow(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
@@ -354,9 +386,12 @@ class Engine:
         from compressor.report.render import write_report
 
         main = self.dist.is_main
+        if main:
+            check_output_folder(self.out_dir, "output folder")
         with process_group(self.dist, self.device), \
                 output_lock(self.out_dir) if main else contextlib.nullcontext():
             if main:
+                check_output_folder(self.cache_root, "cache_dir")
                 self.cache_root.mkdir(parents=True, exist_ok=True)
                 if removed := remove_stale_temporaries(self.cache_root):
                     self.log(f"removed {removed} half-written stage folder(s) left by an interrupted run")

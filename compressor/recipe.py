@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from compressor.core import readers
 from compressor.core.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
 from compressor.errors import Problem, RecipeError, did_you_mean
 from compressor.registry import STAGES, StageEntry
@@ -343,25 +343,8 @@ def _search_problems(search: SearchConfig, stages: list[Stage], kinds: dict[str,
 
 
 def read_recipe_file(path: Path) -> Any:
-    """Read and YAML-parse a recipe file; a missing or unreadable file or bad YAML is a RecipeError."""
-    source = str(path)
-    if not path.exists():
-        raise RecipeError(source, [Problem("", "file not found; pass the path of a recipe YAML file")])
-    if not path.is_file():
-        raise RecipeError(source, [Problem("", "is not a file")])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(source, [Problem("", f"cannot be read as UTF-8 text: {err}")]) from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        hint = ("; recipes are read with yaml.safe_load, which builds no Python objects: remove the tag"
-                if "constructor for the tag" in problem else "; fix the syntax there")
-        raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}{hint}")]) from err
+    """Read and YAML-parse a recipe file; a missing file, bad YAML or a key given twice is a RecipeError."""
+    return readers.read_yaml_file(path, "recipe")
 
 
 def apply_overrides(doc: Any, overrides: dict[str, Any]) -> Any:

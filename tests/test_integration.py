@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, REPO, needs_fmnist, write_recipe
+from tests.conftest import PYTHON, REPO, needs_fmnist, run_checked, write_recipe
 
 pytestmark = [needs_fmnist, pytest.mark.integration]
 
@@ -27,8 +26,8 @@ def test_demo_recipe_end_to_end_on_a_small_slice(tmp_path: Path, cli_env: dict[s
     stages["bench"].update(min_iters=5, time_budget_s=0.05, warmup=2)
     doc["output"] = str(tmp_path / "out")
     path = write_recipe(tmp_path / "demo-small.yaml", doc)
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "run", str(path)], capture_output=True, text=True,
-                          env=cli_env, cwd=tmp_path, timeout=900)
+    # the demo recipe shrunk: about 4 minutes on 2 busy cores
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "run", str(path)], expected_s=300, env=cli_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report:   {tmp_path / 'out' / 'report.md'}" in proc.stdout
     assert "| gate | artifact |" in proc.stdout  # the gate table is printed at the end
@@ -51,8 +50,8 @@ def test_demo_recipe_end_to_end_on_a_small_slice(tmp_path: Path, cli_env: dict[s
         if r["precision"] == "int8":
             assert r["fp32_stage"] in ("onnx", "openvino", "tflite") and r["int8_speedup"] > 0, r
 
-    again = subprocess.run([PYTHON, "-m", "compressor.cli", "report", str(tmp_path / "out")],
-                           capture_output=True, text=True, env=cli_env, cwd=tmp_path)
+    again = run_checked([PYTHON, "-m", "compressor.cli", "report", str(tmp_path / "out")], expected_s=30,
+                        env=cli_env, cwd=tmp_path)
     assert again.returncode == 0 and "report.md" in again.stdout
 
 
@@ -61,7 +60,6 @@ def test_cli_error_for_missing_checkpoint(tmp_path: Path, cli_env: dict[str, str
     doc["model"]["checkpoint"] = str(tmp_path / "missing.pt")
     doc["output"] = str(tmp_path / "out")
     path = write_recipe(tmp_path / "r.yaml", doc)
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "run", str(path)], capture_output=True, text=True,
-                          env=cli_env, cwd=tmp_path)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "run", str(path)], expected_s=30, env=cli_env, cwd=tmp_path)
     assert proc.returncode == 2
     assert "missing.pt does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from compressor.cli import main
 from compressor.errors import RecipeError
 from compressor.recipe import json_schema, load_recipe, validate_document
-from tests.conftest import PYTHON, REPO, TINY_RECIPE, write_recipe
+from tests.conftest import PYTHON, REPO, TINY_RECIPE, run_checked, write_recipe
 
 
 def problems_of(doc: object) -> list[str]:
@@ -142,8 +141,8 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_validate_subprocess_has_no_traceback(tmp_path: Path, cli_env: dict[str, str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "validate", str(bad)], capture_output=True,
-                          text=True, env=cli_env, cwd=tmp_path)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "validate", str(bad)], expected_s=15, env=cli_env,
+                       cwd=tmp_path)
     assert proc.returncode == 2
     assert "must be a YAML mapping" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from compressor.errors import CompressorError
 from compressor.report.plots import pareto
 from compressor.report.render import write_report
-from tests.conftest import PYTHON, needs_fmnist
+from tests.conftest import PYTHON, needs_fmnist, run_checked
 
 
 def _row(stage: str, fmt: str, precision: str, top1: float, median: float, target: str = "local",
@@ -67,8 +66,8 @@ def test_answer_baseline_regressions_html_and_figures(tmp_path: Path) -> None:
         assert (now / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     # a wider budget lets the 80% model win
     assert "local: `tiny`" in write_report(now, budget=15.0, figures=False).read_text().splitlines()[2]
-    assert subprocess.run([PYTHON, "-m", "compressor.cli", "report", str(now), "--baseline", str(base),
-                           "--fail-on-regression"], capture_output=True, check=False).returncode == 1
+    assert run_checked([PYTHON, "-m", "compressor.cli", "report", str(now), "--baseline", str(base),
+                        "--fail-on-regression"], expected_s=30).returncode == 1
 
 
 def test_slower_int8_is_marked_and_both_speedups_head_the_report(tmp_path: Path) -> None:
@@ -142,15 +141,14 @@ def test_bench_command_on_an_external_file(tmp_path: Path, cli_env: dict[str, st
     torch.onnx.export(tiny_cnn().eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False,
                       input_names=["x"], output_names=["y"])  # fixed batch 1, no metadata: not ours
     out = tmp_path / "bench"
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "bench", str(path), "--batch-sizes", "1,2",
-                           "--min-iters", "5", "--time-budget-s", "0.02", "--out", str(out)],
-                          capture_output=True, text=True, env=cli_env, check=False)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "bench", str(path), "--batch-sizes", "1,2",
+                        "--min-iters", "5", "--time-budget-s", "0.02", "--out", str(out)], expected_s=45, env=cli_env)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["ok", "skipped"]
     assert rows[0]["median_ms"] > 0 and "top1" not in rows[0] and rows[0]["input_shape"] == [1, 1, 28, 28]
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "bench", str(path), "--data", str(tmp_path)],
-                          capture_output=True, text=True, env=cli_env, check=False)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "bench", str(path), "--data", str(tmp_path)],
+                       expected_s=20, env=cli_env)
     assert proc.returncode != 0 and "--data needs --preprocess" in proc.stderr
 
 

@@ -9,8 +9,6 @@ import copy
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import yaml
 from compressor.cli import main
 from compressor.errors import RecipeError
 from compressor.recipe import json_schema, validate_document
-from tests.conftest import PYTHON, needs_fmnist, write_recipe
+from tests.conftest import PYTHON, Child, needs_fmnist, run_checked, write_recipe
 
 optuna = pytest.importorskip("optuna")
 
@@ -123,8 +121,7 @@ def test_search_references_are_checked_like_gates() -> None:
 
 def test_compressor_validate_refuses_a_bad_space_with_exit_2(tmp_path: Path, cli_env: dict[str, str]) -> None:
     path = write_recipe(tmp_path / "r.yaml", _doc(space={"stages.student.epochs": {"float": [1, 2]}}))
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "validate", str(path)], capture_output=True, text=True,
-                          env=cli_env, check=False)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "validate", str(path)], expected_s=15, env=cli_env)
     assert proc.returncode == 2
     assert "search.space.stages.student.epochs: stage student: is an integer option; use int: [low, high]" in proc.stderr
 
@@ -208,8 +205,8 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path: Path, cache: Path
     # a continuous learning rate: every trial trains, so both workers get some
     recipe = _recipe(tmp_path, cache, working_student=True, baseline=False, budget={"trials": 4},
                      space={"stages.teacher.lr": {"float": [0.01, 0.2], "log": True}})
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "search", str(recipe), "--workers", "2"],
-                          capture_output=True, text=True, env=cli_env, cwd=tmp_path, check=False, timeout=600)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "search", str(recipe), "--workers", "2"], expected_s=420,
+                       env=cli_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(tmp_path / "run" / "search").get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
@@ -226,16 +223,12 @@ def test_kill_9_then_resume_loses_and_repeats_no_trial(tmp_path: Path, cache: Pa
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipe = _recipe(tmp_path, cache, working_student=True, baseline=False, budget={"trials": 3},
                      space={"stages.teacher.lr": {"float": [0.01, 0.2], "log": True}})
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as fh:  # pauses once trial 1 has its options and is running
-        proc = subprocess.Popen([PYTHON, "-m", "tests.faultpoint", "--on-log", "trial 1: teacher.lr=", "--",
-                                 "search", str(recipe)], stderr=fh, env=cli_env, cwd=tmp_path)
-    deadline = time.monotonic() + 300
-    while "FAULTPOINT" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    # pauses once trial 1 has its options and is running
+    child = Child([PYTHON, "-m", "tests.faultpoint", "--on-log", "trial 1: teacher.lr=", "--", "search", str(recipe)],
+                  expected_s=300, env=cli_env, cwd=tmp_path)
+    child.wait_for("FAULTPOINT")
+    os.kill(child.proc.pid, signal.SIGKILL)
+    assert child.wait(grace_s=30) == -signal.SIGKILL
     out = tmp_path / "run" / "search"
     killed = _study(out).trials[1]
     assert killed.state.name == "RUNNING"  # as the dead worker left it

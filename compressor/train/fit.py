@@ -28,7 +28,8 @@ from compressor.core.artifacts import atomic_write
 from compressor.core.config import Strict
 from compressor.core.context import StageContext
 from compressor.core.distributed import all_reduce_sum
-from compressor.errors import CompressorError
+from compressor.core.readers import non_finite_tensors
+from compressor.errors import CompressorError, TrainingDiverged
 from compressor.metrics.classification import predict
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -112,6 +113,54 @@ def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Modu
         return objective(m(x), y)
 
     return loss, objective
+
+
+def _finite_summary(tensor: torch.Tensor) -> tuple[int, float]:
+    """(count of NaN/Inf values, largest finite magnitude) of a tensor."""
+    t = tensor.detach().float()
+    finite = torch.isfinite(t)
+    bad = int((~finite).sum())
+    largest = float(t[finite].abs().max()) if bool(finite.any()) else float("nan")
+    return bad, largest
+
+
+def divergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, opts: TrainOptions,
+                      num_classes: int | None, started_finite: bool = True) -> str:
+    """The likely causes of a NaN/Inf loss, in order (weights, data, learning rate), with the values seen.
+
+    ``started_finite``: whether every weight was finite when training began (else the checkpoint or the
+    input stage brought the NaN in).
+    """
+    bad_weights = []
+    largest_w, largest_name = 0.0, ""
+    for name, tensor in model.named_parameters():  # buffers (running statistics) follow the data
+        if not tensor.is_floating_point():
+            continue
+        bad, largest = _finite_summary(tensor)
+        if bad:
+            bad_weights.append((name, bad, tensor.numel()))
+        elif largest > largest_w:
+            largest_w, largest_name = largest, name
+    if bad_weights:
+        name, bad, size = bad_weights[0]
+        more = f" and {len(bad_weights) - 1} more tensor(s)" if len(bad_weights) > 1 else ""
+        when = ("already before training started: the checkpoint or the input stage brought them in"
+                if not started_finite else "now, though all were finite when training started: an update blew "
+                "up (see 3)")
+        weights = f"1) weights: '{name}' holds {bad} NaN/Inf of {size} values{more} {when}"
+    else:
+        weights = f"1) weights: all finite (largest |w| {largest_w:.3g} in '{largest_name}')"
+    bad_x, largest_x = _finite_summary(x)
+    labels = f"labels {int(y.min())}..{int(y.max())}" if y.numel() and not y.is_floating_point() else "labels"
+    if num_classes is not None and y.numel() and not y.is_floating_point():
+        labels += f" of {num_classes} classes"
+    if bad_x:
+        data = f"2) data: this batch holds {bad_x} NaN/Inf input values of {x.numel()} (check the images and preprocess.std)"
+    else:
+        data = f"2) data: this batch is finite (largest |x| {largest_x:.3g}, {labels})"
+    lr_line = (f"3) learning rate: {lr:.3g} at this step (lr {opts.lr:g}, warmup_epochs {opts.warmup_epochs}, "
+               f"grad_clip {opts.grad_clip}); try lr {opts.lr / 10:g} or grad_clip: 1.0")
+    return f"likely causes, in order: {weights}; {data}; {lr_line}"
 
 
 class _Joint(nn.Module):
@@ -233,6 +282,7 @@ def fit(
                     f"{str(err)[:120]}); starting {desc} over")
             ckpt_path.unlink(missing_ok=True)
 
+    started_finite = not non_finite_tensors(model.state_dict())
     epoch = start_epoch
     for epoch in range(start_epoch, opts.epochs):
         model.train()
@@ -243,14 +293,16 @@ def fit(
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
-        losses = []
+        losses: list[float] = []
         for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = compute_loss(trained, x, y)
             if not torch.isfinite(loss):
-                msg = f"{ctx.name}: loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {opts.lr})"
-                raise FloatingPointError(msg)
+                lr = float(optimizer.param_groups[0]["lr"])
+                msg = (f"{ctx.name}: {desc} loss became {loss.item()} at epoch {epoch + 1}, step {len(losses) + 1}; "
+                       + divergence_report(model, x, y, lr, opts, len(ctx.data.classes), started_finite))
+                raise TrainingDiverged(msg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.grad_clip is not None:

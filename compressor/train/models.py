@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import nn
 from compressor.core.artifacts import Artifact
 from compressor.core.config import ModelSource
 from compressor.core.context import StageContext
+from compressor.core.readers import read_checkpoint
 from compressor.errors import CheckpointError, ModelSourceError, did_you_mean
 
 
@@ -102,30 +102,8 @@ def build_model(source: ModelSource, num_classes: int, in_channels: int) -> nn.M
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (``weights_only=True``); errors name the file and the fix."""
-    if not path.exists():
-        msg = f"checkpoint {path} does not exist"
-        raise CheckpointError(msg)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        msg = (f"checkpoint {path} holds pickled Python objects (for example a whole model saved with "
-               f"torch.save(model)), which are refused under weights_only=True because unpickling can run "
-               f"code; save model.state_dict() instead. Loader said: {str(err).splitlines()[0]}")
-        raise CheckpointError(msg) from err
-    except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere inside the unpickler
-        msg = (f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
-        raise CheckpointError(msg) from err
-    if isinstance(obj, dict):
-        for wrapper in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(wrapper), dict):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        msg = f"checkpoint {path} is not a state dict (a mapping of parameter names to tensors)"
-        raise CheckpointError(msg)
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    """Load a state dict safely (``weights_only=True``, every tensor finite); errors name the file and the fix."""
+    return read_checkpoint(path)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
