@@ -250,3 +250,21 @@ def test_kill_9_then_resume_loses_and_repeats_no_trial(tmp_path: Path, cache: Pa
     rows = {r["trial"]: r for r in json.loads((out / "search.json").read_text())["trials"]}
     assert rows[1]["status"] == "worker died" and rows[1]["note"] == f"queued again as trial {retry[0].number}"
     assert "trial 0: teacher.lr=" not in capsys.readouterr().err  # the finished trial was not run again
+
+
+@needs_fmnist
+def test_a_hopeless_trial_is_stopped_after_its_training_stage(tmp_path: Path, cache: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # a floor no tiny CNN reaches: every trial stops right after its teacher, before distill and export
+    recipe = _recipe(tmp_path, cache, baseline=False, budget={"trials": 2},
+                     space={"stages.teacher.lr": {"choice": [0.05]}},
+                     constraints=[{"type": "min_accuracy", "min": 99}], pruning={"rule": "constraints", "margin": 0})
+    assert main(["search", str(recipe)]) == 1
+    assert "no trial finished (2 started" in capsys.readouterr().err
+    out = tmp_path / "run" / "search"
+    rows = json.loads((out / "search.json").read_text())["trials"]
+    assert [r["status"] for r in rows] == ["stopped early", "stopped early"]
+    assert "after stage teacher is already below 99.00, the floor of constraint min_accuracy" in rows[0]["note"]
+    assert set(rows[0]["progress"]) == {"teacher"}
+    manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and [s["name"] for s in manifest["stages"]] == ["model", "teacher"]
