@@ -129,6 +129,34 @@ def test_compressor_validate_refuses_a_bad_space_with_exit_2(tmp_path: Path, cli
     assert "search.space.stages.student.epochs: stage student: is an integer option; use int: [low, high]" in proc.stderr
 
 
+def test_conditional_options_are_sampled_only_when_their_condition_holds() -> None:
+    from compressor.search import space
+
+    doc = _doc(space={
+        "stages.onnx.exporter": {"choice": ["torchscript", "dynamo"]},
+        "stages.onnx.opset": {"int": [17, 18], "when": {"stages.onnx.exporter": "dynamo"}},
+        "stages.student.student": {"choice": [{"entry_point": TINY, "kwargs": {"width": 4}}]},
+    })
+    recipe = validate_document(doc)
+    assert recipe.search is not None
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        chosen = space.sample(study.ask(), recipe.search.space)
+        assert ("stages.onnx.opset" in chosen) == (chosen["stages.onnx.exporter"] == "dynamo")
+        assert chosen["stages.student.student"] == {"entry_point": TINY, "kwargs": {"width": 4}}  # decoded
+        seen.add(chosen["stages.onnx.exporter"])
+        applied = space.apply(doc, chosen)
+        assert applied["stages"][2]["exporter"] == chosen["stages.onnx.exporter"]
+        assert applied["stages"][1]["student"]["kwargs"] == {"width": 4} and doc["stages"][1]["student"] != applied[
+            "stages"][1]["student"]  # the recipe document itself is untouched
+    assert seen == {"torchscript", "dynamo"}
+    # the recipe as written: torchscript (so no opset); its student lies outside the space
+    params, outside = space.recipe_plan(doc, recipe, recipe.search.space)
+    assert params == {"stages.onnx.exporter": "torchscript"}
+    assert outside == ["stages.student.student = {'entry_point': 'tests.tinynet:broken_factory'}"]
+
+
 # -- searches ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
