@@ -73,6 +73,8 @@ class Dimension(Strict):
         low, high = self.float_range or self.int_range  # type: ignore[misc]
         if self.int_range is not None and value != int(value):
             return False
+        if self.step is not None and abs((value - low) / self.step - round((value - low) / self.step)) > 1e-9:
+            return False  # off the grid
         return bool(low <= value <= high)
 
 

@@ -126,6 +126,34 @@ def test_compressor_validate_refuses_a_bad_space_with_exit_2(tmp_path: Path, cli
     assert "search.space.stages.student.epochs: stage student: is an integer option; use int: [low, high]" in proc.stderr
 
 
+def test_conditional_options_are_sampled_only_when_their_condition_holds() -> None:
+    from compressor.search import space
+
+    doc = _doc(space={
+        "stages.onnx.exporter": {"choice": ["torchscript", "dynamo"]},
+        "stages.onnx.opset": {"int": [17, 18], "when": {"stages.onnx.exporter": "dynamo"}},
+        "stages.student.student": {"choice": [{"entry_point": TINY, "kwargs": {"width": 4}}]},
+    })
+    recipe = validate_document(doc)
+    assert recipe.search is not None
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        chosen = space.sample(study.ask(), recipe.search.space)
+        assert ("stages.onnx.opset" in chosen) == (chosen["stages.onnx.exporter"] == "dynamo")
+        assert chosen["stages.student.student"] == {"entry_point": TINY, "kwargs": {"width": 4}}  # decoded
+        seen.add(chosen["stages.onnx.exporter"])
+        applied = space.apply(doc, chosen)
+        assert applied["stages"][2]["exporter"] == chosen["stages.onnx.exporter"]
+        assert applied["stages"][1]["student"]["kwargs"] == {"width": 4} and doc["stages"][1]["student"] != applied[
+            "stages"][1]["student"]  # the recipe document itself is untouched
+    assert seen == {"torchscript", "dynamo"}
+    # the recipe as written: torchscript (so no opset); its student lies outside the space
+    params, outside = space.recipe_plan(doc, recipe, recipe.search.space)
+    assert params == {"stages.onnx.exporter": "torchscript"}
+    assert outside == ["stages.student.student = {'entry_point': 'tests.tinynet:broken_factory'}"]
+
+
 # -- searches ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -243,3 +271,21 @@ def test_kill_9_then_resume_loses_and_repeats_no_trial(tmp_path: Path, cache: Pa
     rows = {r["trial"]: r for r in json.loads((out / "search.json").read_text())["trials"]}
     assert rows[1]["status"] == "worker died" and rows[1]["note"] == f"queued again as trial {retry[0].number}"
     assert "trial 0: teacher.lr=" not in capsys.readouterr().err  # the finished trial was not run again
+
+
+@needs_fmnist
+def test_a_hopeless_trial_is_stopped_after_its_training_stage(tmp_path: Path, cache: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # a floor no tiny CNN reaches: every trial stops right after its teacher, before distill and export
+    recipe = _recipe(tmp_path, cache, baseline=False, budget={"trials": 2},
+                     space={"stages.teacher.lr": {"choice": [0.05]}},
+                     constraints=[{"type": "min_accuracy", "min": 99}], pruning={"rule": "constraints", "margin": 0})
+    assert main(["search", str(recipe)]) == 1
+    assert "no trial finished (2 started" in capsys.readouterr().err
+    out = tmp_path / "run" / "search"
+    rows = json.loads((out / "search.json").read_text())["trials"]
+    assert [r["status"] for r in rows] == ["stopped early", "stopped early"]
+    assert "after stage teacher is already below 99.00, the floor of constraint min_accuracy" in rows[0]["note"]
+    assert set(rows[0]["progress"]) == {"teacher"}
+    manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and [s["name"] for s in manifest["stages"]] == ["model", "teacher"]

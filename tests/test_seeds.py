@@ -57,3 +57,10 @@ def test_seeds_reuse_the_cache_for_unchanged_seeds(tiny_recipe: dict[str, Any], 
     assert worst["note"].startswith("over_seeds: worst (seed ")
     assert mean["measured"].endswith("(mean of 3 seeds, sd " + mean["measured"].rsplit("sd ", 1)[1])
     assert mean["value"] == pytest.approx(statistics.mean(values), abs=1e-3)
+
+    # a release of the recipe with seeds: gates over every seed (all reused), the recipe seed's files ship
+    assert main(["release", str(path), "--version", "1.0.0", "--quiet"]) == 0
+    bundle = json.loads((run / "releases/1.0.0/manifest.json").read_text())
+    assert bundle["seeds"]["seeds"] == [0, 1, 2] and bundle["seeds"]["shipped_seed"] == 0
+    assert [len(g["seeds"]) for g in bundle["gates"]] == [3, 3]
+    assert [a["id"] for a in bundle["artifacts"]] == [keys[0]["onnx"]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from compressor.metrics.stats import accuracy_of
+
 
 def _cell(r: dict[str, Any], key: str, fmt: str = "{}") -> str:
     return fmt.format(r[key]) if r.get(key) is not None else "-"
@@ -29,6 +31,13 @@ def status_cell(r: dict[str, Any]) -> str:
     return f"❎ **INT8 slower than FP32**: {vs}" if r.get("slower_than_fp32") else f"ok, {vs}"
 
 
+def _accuracy_cell(r: dict[str, Any], key: str) -> str:
+    """An accuracy with the half-width of its 95% interval when the row kept its outcomes."""
+    text = _cell(r, key, "{:.2f}")
+    interval = accuracy_of(r, key) if r.get("outcomes") and r.get(key) is not None else None
+    return text + (f" ± {interval.half_width:.2f}" if interval is not None else "")
+
+
 def _timing_cells(r: dict[str, Any]) -> list[str]:
     median = _cell(r, "median_ms", "{:.3f}")
     ci = r.get("median_ci_ms")
@@ -39,8 +48,8 @@ def _timing_cells(r: dict[str, Any]) -> list[str]:
 
 def _embedding_cells(r: dict[str, Any]) -> list[str]:
     return [r.get("target", "local"), r["stage"], r["format"], r["precision"], r["backend"],
-            str(r.get("batch") or "-"), f"{r['size_bytes'] / 1024:.0f}", _cell(r, "rank1", "{:.2f}"),
-            _cell(r, "rank5", "{:.2f}"), _cell(r, "map", "{:.2f}"), _cell(r, "mean_cosine", "{:.4f}"),
+            str(r.get("batch") or "-"), f"{r['size_bytes'] / 1024:.0f}", _accuracy_cell(r, "rank1"),
+            _cell(r, "rank5", "{:.2f}"), _accuracy_cell(r, "map"), _cell(r, "mean_cosine", "{:.4f}"),
             _cell(r, "teacher_cosine", "{:.4f}"), *_timing_cells(r), _cell(r, "throughput_ips", "{:.1f}")]
 
 
@@ -48,7 +57,7 @@ def _classification_cells(r: dict[str, Any]) -> list[str]:
     target = r.get("target", "local") + (" (emulated)" if r.get("emulated") else "")
     return [target, r["stage"], r["format"], r["precision"], r["backend"], str(r.get("batch") or "-"),
             r.get("device", "-"), r.get("mode", "latency"), f"{r['size_bytes'] / 1024:.0f}",
-            _cell(r, "top1", "{:.2f}"), _cell(r, "top1_agreement", "{:.2f}"), *_timing_cells(r),
+            _accuracy_cell(r, "top1"), _cell(r, "top1_agreement", "{:.2f}"), *_timing_cells(r),
             _cell(r, "cv", "{:.2f}") + (" noisy" if r.get("noisy") else ""), _cell(r, "peak_rss_mb", "{:.0f}"), _cell(r, "throughput_ips", "{:.1f}")]
 
 

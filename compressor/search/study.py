@@ -153,7 +153,12 @@ class Worker:
             waiting = any(t.state.name == "WAITING" for t in trials)  # e.g. a dead worker's trial, queued again
             if limit is not None and claimed(trials) >= limit and not waiting:
                 break
-            self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            try:
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            except optuna_module().exceptions.UpdateFinishedTrialError as err:
+                # Its heartbeat went stale while it ran (a stalled machine): another worker failed it and
+                # queued it again; that retry counts, this result does not.
+                self.log(f"a trial of this worker was given up as stale by another worker and queued again ({err})")
             ran += 1
         return ran
 
