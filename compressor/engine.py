@@ -223,7 +223,8 @@ class Engine:
         ckpt = None
         if src.checkpoint is not None:
             if not src.checkpoint.is_file():
-                msg = f"checkpoint {src.checkpoint} does not exist (model.checkpoint)"
+                what = "is not a file" if src.checkpoint.exists() else "does not exist"
+                msg = f"checkpoint {src.checkpoint} {what} (model.checkpoint)"
                 raise CompressorError(msg)
             ckpt = sha256_file(src.checkpoint)
         return stable_hash({"type": SOURCE_STAGE, "spec": src.model_dump(mode="json", exclude={"checkpoint"}),

@@ -232,9 +232,12 @@ def test_fuzz_verify_with_damaged_files(bundle: Path, tmp_path: Path) -> None:
 
 def test_fuzz_verify_with_a_manifest_of_the_wrong_shape(bundle: Path, tmp_path: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
-    paths = _leaves(manifest)
+    read = {"bundle_format", "files", "releasable", "gates", "artifacts", "accuracy_checks", "data"}
+    # the parts verify reads (the rest of the manifest is only shown to people)
+    paths = [p for p in _leaves(manifest) if not p or p[0] in read or p[:2] in (
+        ("recipe",), ("recipe", "data"), ("recipe", "seed"), ("recipe", "task"), ("recipe", "embedding"))]
 
-    @fuzz(25)
+    @fuzz(30)
     @given(where=st.sampled_from(paths), value=JSON_VALUES, hashes_only=st.booleans())
     def check(where: tuple[Any, ...], value: Any, hashes_only: bool) -> None:
         doc = copy.deepcopy(manifest)

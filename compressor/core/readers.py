@@ -213,9 +213,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             msg = (f"checkpoint {path} holds pickled Python objects (for example a whole model saved with "
                    f"torch.save(model)), which are refused under weights_only=True because unpickling can run "
                    f"code; save model.state_dict() instead. Loader said: {str(err).splitlines()[0]}")
-        else:
-            msg = (f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                   f"{_first_line(err)}")
+        else:  # torch's long weights_only preamble; the unpickler's own complaint follows its marker
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+            said = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else _first_line(err)
+            msg = f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {said}"
         raise CheckpointError(msg) from err
     except Exception as err:  # noqa: BLE001 - a corrupt file can fail anywhere inside the unpickler
         msg = f"checkpoint {path} is not a readable PyTorch checkpoint (truncated or corrupt?): {_first_line(err)}"

@@ -124,12 +124,18 @@ def _finite_summary(tensor: torch.Tensor) -> tuple[int, float]:
     return bad, largest
 
 
+def largest_weight(model: nn.Module) -> float:
+    """The largest finite |w| over the model's floating parameters."""
+    sizes = [_finite_summary(p)[1] for p in model.parameters() if p.is_floating_point() and p.numel()]
+    return max((v for v in sizes if math.isfinite(v)), default=0.0)
+
+
 def divergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, opts: TrainOptions,
-                      num_classes: int | None, started_finite: bool = True) -> str:
+                      num_classes: int | None, started_finite: bool = True, start_largest: float | None = None) -> str:
     """The likely causes of a NaN/Inf loss, in order (weights, data, learning rate), with the values seen.
 
     ``started_finite``: whether every weight was finite when training began (else the checkpoint or the
-    input stage brought the NaN in).
+    input stage brought the NaN in); ``start_largest``: the largest |w| then, to tell weights that grew.
     """
     bad_weights = []
     largest_w, largest_name = 0.0, ""
@@ -148,6 +154,9 @@ def divergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: fl
                 if not started_finite else "now, though all were finite when training started: an update blew "
                 "up (see 3)")
         weights = f"1) weights: '{name}' holds {bad} NaN/Inf of {size} values{more} {when}"
+    elif start_largest is not None and largest_w > 100 * max(start_largest, 1e-3):
+        weights = (f"1) weights: all finite, but grown to |w| {largest_w:.3g} in '{largest_name}' (at most "
+                   f"{start_largest:.3g} when training started): an update blew up (see 3)")
     else:
         weights = f"1) weights: all finite (largest |w| {largest_w:.3g} in '{largest_name}')"
     bad_x, largest_x = _finite_summary(x)
@@ -283,6 +292,7 @@ def fit(
             ckpt_path.unlink(missing_ok=True)
 
     started_finite = not non_finite_tensors(model.state_dict())
+    start_largest = largest_weight(model)
     epoch = start_epoch
     for epoch in range(start_epoch, opts.epochs):
         model.train()
@@ -301,7 +311,8 @@ def fit(
             if not torch.isfinite(loss):
                 lr = float(optimizer.param_groups[0]["lr"])
                 msg = (f"{ctx.name}: {desc} loss became {loss.item()} at epoch {epoch + 1}, step {len(losses) + 1}; "
-                       + divergence_report(model, x, y, lr, opts, len(ctx.data.classes), started_finite))
+                       + divergence_report(model, x, y, lr, opts, len(ctx.data.classes), started_finite,
+                                           start_largest))
                 raise TrainingDiverged(msg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
