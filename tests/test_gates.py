@@ -178,7 +178,7 @@ def test_release_refuses_bad_input_before_running(tmp_path: Path, capsys: pytest
     gated = load_recipe(write_recipe(tmp_path / "gated.yaml", {**doc, "gates": GOOD_GATES}))
     with pytest.raises(CompressorError, match=r'--version "1 0" is not a usable version'):
         make_release(gated, "1 0")
-    with pytest.raises(CompressorError, match=r"baseline .*missing is not a folder; pass the folder a release wrote"):
+    with pytest.raises(CompressorError, match=r"baseline .*missing does not exist; pass the folder a release wrote"):
         make_release(gated, "1.0", baseline=tmp_path / "missing")
     assert not (tmp_path / "run").exists()  # nothing ran
 
