@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +293,13 @@ def test_gates_over_seeds_take_the_worst_or_the_mean() -> None:
     assert [s["status"] for s in worst.seeds or []] == ["pass", "pass", "fail"]
     assert mean.status == "pass" and mean.value == pytest.approx(0.9)
     assert mean.measured == "0.90 (mean of 3 seeds, sd 0.46)"
+    # with per-seed intervals of +-1 pt: the images' +-1 and t(2) sd / sqrt(3) over seeds, in quadrature
+    spread = {s: [dataclasses.replace(r, low=r.value - 1, high=r.value + 1) for r in results]
+              for s, results in per_seed.items()}
+    mean = combine_seeds(gates, spread)[1]
+    half = math.hypot(1.0, 4.303 * statistics.stdev([0.5, 0.8, 1.4]) / math.sqrt(3))
+    assert (mean.low, mean.high) == pytest.approx((0.9 - half, 0.9 + half))
+    assert mean.measured == f"0.90 ± {half:.2f} (mean of 3 seeds, sd 0.46)" and mean.status == "pass"
     # a seed whose row is missing fails the check under worst
     del per_seed[1][0:2]
     assert combine_seeds(gates, per_seed)[0].status == "fail"

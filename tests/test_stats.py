@@ -22,6 +22,7 @@ from compressor.metrics.stats import (
     paired_bootstrap,
     paired_drop,
     paired_interval,
+    t_value,
     unpack_bits,
     unpack_floats,
     wilson_interval,
@@ -145,6 +146,11 @@ def test_images_needed() -> None:
                                              (size - 0.04 * size) / 2))
         assert (100 * low > 1.0) is decided
     assert images_needed(0.02, 0.01, 1.0) is None  # the drop sits on the threshold
+
+
+def test_t_values() -> None:
+    assert t_value(2) == 4.303 and t_value(11) == 2.228 and t_value(1000) == pytest.approx(1.96, abs=1e-3)
+    assert t_value(10, 0.9) == pytest.approx(1.812, abs=0.01)  # Cornish-Fisher away from the table
 
 
 def test_packed_outcomes_round_trip() -> None:
