@@ -14,6 +14,7 @@ from compressor.metrics.stats import (
     bootstrap_mean,
     bootstrap_quantiles,
     decide,
+    drop_interval,
     images_needed,
     images_to_pass_strict,
     mcnemar_exact,
@@ -22,6 +23,8 @@ from compressor.metrics.stats import (
     paired_bootstrap,
     paired_drop,
     paired_interval,
+    paired_outcomes,
+    prediction_outcomes,
     t_value,
     unpack_bits,
     unpack_floats,
@@ -199,3 +202,16 @@ def test_latency_rows_carry_intervals_of_their_statistics() -> None:
     got = portable.quantile_intervals(ms)
     for key, (lo, hi) in zip(("median", "p90", "p99"), expected, strict=True):
         assert got[f"{key}_ci_ms"] == [round(lo, 4), round(hi, 4)]
+
+
+def test_rows_pair_only_on_the_same_images() -> None:
+    labels = np.arange(100) % 10
+    ref = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    same = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    other = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "bbbb"}}
+    assert paired_outcomes(ref, same, "top1") is not None
+    # another validation subset with the same labels in the same order is not paired
+    assert paired_outcomes(ref, other, "top1") is None
+    ref_row = {**ref, "top1": 100.0, "accuracy_images": 100}
+    unpaired = drop_interval(ref_row, {**other, "top1": 100.0, "accuracy_images": 100}, "top1")
+    assert unpaired is not None and unpaired.method.startswith("unpaired")

@@ -356,16 +356,22 @@ def even_subset(total: int, count: int | None) -> np.ndarray:
 
 # -- benchmark rows ---------------------------------------------------------------------------
 # A row's ``outcomes``: {"unit": "image" | "query", "n": N, "labels": sha256 prefix of the labels
-# scored, optional "subset_of": the full count when a target scored an even subset, and one packed
+# scored, "images": the same of the images (the benchmark's full set), optional "subset_of": the full
+# count when a target scored an even subset, and one packed
 # vector per metric: bits for top1 / top5 / rank1 / rank5, float16 AP per query for map}.
 
 BINARY_METRICS = ("top1", "top5", "rank1", "rank5")
 
 
 def labels_digest(labels: np.ndarray) -> str:
+    return array_digest(np.asarray(labels, dtype=np.int64))
+
+
+def array_digest(values: np.ndarray) -> str:
+    """The first 16 hex digits of the sha256 of an array's bytes (which images, which labels)."""
     import hashlib
 
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 
 
 def classification_outcomes(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -407,6 +413,8 @@ def paired_outcomes(reference: dict[str, Any], row: dict[str, Any], metric: str
     if ref is None or mine is None:
         return None
     r_out, m_out = reference["outcomes"], row["outcomes"]
+    if r_out.get("images") and m_out.get("images") and r_out["images"] != m_out["images"]:
+        return None  # scored on other images (e.g. a baseline run with another validation subset)
     if len(ref) == len(mine) and r_out.get("labels") == m_out.get("labels"):
         return ref, mine
     # a target that scored an even subset of the images its reference scored in full
