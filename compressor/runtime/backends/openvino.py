@@ -65,7 +65,9 @@ class OpenVinoSession:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         x = to_layout(batch, self.layout)
-        self.request.infer([np.ascontiguousarray(x, dtype=np.float32)])
+        # share_inputs: the request reads the caller's array in place (no 600 KB copy per 224 px image, a few
+        # percent of a millisecond-scale call); the output is copied once, out of the request's buffer.
+        self.request.infer([np.ascontiguousarray(x, dtype=np.float32)], share_inputs=True)
         return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def describe(self) -> dict[str, Any]:
