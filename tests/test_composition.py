@@ -135,3 +135,18 @@ def test_tflite_default_engine_is_integer_only_and_keeps_modules_float_on_reques
     ops = composition.tflite_ops(kept)
     assert [(o.type, o.module) for o in ops if o.kind == "float"] == [("CONV_2D", "body.0")]
     assert composition.of_files("tflite", kept, fp32, expected_float=["body.0"])["problems"] == []
+
+
+def test_backends_record_the_kernels_that_ran(onnx_pair: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    from compressor.quant.openvino import read_ov_model, save_ov_model
+    from compressor.runtime.backends import RuntimeOptions, get_backend
+
+    fp32, calib = onnx_pair
+    int8 = _quantize(fp32, calib, tmp_path / "int8.onnx", [])
+    ort = get_backend("onnxruntime")
+    assert ort.load(int8, {}, RuntimeOptions()).describe()["kernels"]["int8_format"] == "qdq"
+    assert ort.load(fp32, {}, RuntimeOptions()).describe()["kernels"] == {"int8_format": "float"}
+    xml = tmp_path / "fp32.xml"
+    save_ov_model(read_ov_model(fp32), xml)
+    kernels = get_backend("openvino").load(xml, {}, RuntimeOptions()).describe()["kernels"]
+    assert sum(kernels.values()) == 3 and all(k.endswith(("f32", "F32")) for k in kernels), kernels

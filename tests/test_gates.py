@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 from compressor.cli import main
 from compressor.errors import CompressorError, RecipeError
-from compressor.metrics.stats import prediction_outcomes
+from compressor.metrics.stats import pack_bits, pack_floats, prediction_outcomes
 from compressor.recipe import json_schema, load_recipe, validate_document
 from compressor.release.gates import GateSet, combine_seeds, evaluate_gates, gate_table
 from compressor.releasing import make_release
@@ -178,7 +181,7 @@ def test_release_refuses_bad_input_before_running(tmp_path: Path, capsys: pytest
     gated = load_recipe(write_recipe(tmp_path / "gated.yaml", {**doc, "gates": GOOD_GATES}))
     with pytest.raises(CompressorError, match=r'--version "1 0" is not a usable version'):
         make_release(gated, "1 0")
-    with pytest.raises(CompressorError, match=r"baseline .*missing is not a folder; pass the folder a release wrote"):
+    with pytest.raises(CompressorError, match=r"baseline .*missing does not exist; pass the folder a release wrote"):
         make_release(gated, "1.0", baseline=tmp_path / "missing")
     assert not (tmp_path / "run").exists()  # nothing ran
 
@@ -290,7 +293,43 @@ def test_gates_over_seeds_take_the_worst_or_the_mean() -> None:
     assert [s["status"] for s in worst.seeds or []] == ["pass", "pass", "fail"]
     assert mean.status == "pass" and mean.value == pytest.approx(0.9)
     assert mean.measured == "0.90 (mean of 3 seeds, sd 0.46)"
+    # with per-seed intervals of +-1 pt: the images' +-1 and t(2) sd / sqrt(3) over seeds, in quadrature
+    spread = {s: [dataclasses.replace(r, low=r.value - 1, high=r.value + 1) for r in results]
+              for s, results in per_seed.items()}
+    mean = combine_seeds(gates, spread)[1]
+    half = math.hypot(1.0, 4.303 * statistics.stdev([0.5, 0.8, 1.4]) / math.sqrt(3))
+    assert (mean.low, mean.high) == pytest.approx((0.9 - half, 0.9 + half))
+    assert mean.measured == f"0.90 ± {half:.2f} (mean of 3 seeds, sd 0.46)" and mean.status == "pass"
     # a seed whose row is missing fails the check under worst
     del per_seed[1][0:2]
     assert combine_seeds(gates, per_seed)[0].status == "fail"
     assert "not measured under seed(s) 1" in combine_seeds(gates, per_seed)[0].note
+
+
+def test_the_issue_rank1_example_is_noise_over_200_queries() -> None:
+    """Rank-1 72 -> 69 over 200 queries (8 queries lost, 2 gained) against a 2 pt gate: the point rule
+    fails it, the bootstrap over queries says the interval reaches below 2 pt."""
+    teacher = np.arange(200) < 144
+    student = teacher.copy()
+    student[:8] = False
+    student[190:192] = True
+    ap = np.linspace(0.2, 0.9, 200)
+
+    def embedding_row(stage: str, hits: np.ndarray) -> dict[str, Any]:
+        r = {k: v for k, v in row(stage, 0, 2.0).items() if k not in ("top1", "top5")}
+        r.update(rank1=round(100 * float(hits.mean()), 3), map=round(100 * float(ap.mean()), 3),
+                 outcomes={"unit": "query", "n": 200, "labels": "same", "rank1": pack_bits(hits),
+                           "rank5": pack_bits(hits), "map": pack_floats(ap)})
+        return r
+
+    rows = [embedding_row("teacher", teacher), embedding_row("int8", student)]
+    gate = {"type": "max_top1_drop", "artifacts": ["int8"], "metric": "rank1", "max_drop": 2.0}
+    point, = decided(gate, rows, "point")
+    confident, = decided(gate, rows, "confident")
+    strict, = decided(gate, rows, "strict")
+    assert (point.status, confident.status, strict.status) == ("fail", "pass", "fail")
+    assert point.value == pytest.approx(3.0) and point.n == 200 and "bootstrap" in str(point.method)
+    assert point.low is not None and point.low < 2.0 < 3.0 < point.high
+    mean_ap, = decided({"type": "max_top1_drop", "artifacts": ["int8"], "metric": "map", "max_drop": 0.5},
+                       rows, "strict")
+    assert mean_ap.status == "pass" and mean_ap.low == mean_ap.high == 0.0

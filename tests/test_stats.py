@@ -14,6 +14,7 @@ from compressor.metrics.stats import (
     bootstrap_mean,
     bootstrap_quantiles,
     decide,
+    drop_interval,
     images_needed,
     images_to_pass_strict,
     mcnemar_exact,
@@ -22,6 +23,9 @@ from compressor.metrics.stats import (
     paired_bootstrap,
     paired_drop,
     paired_interval,
+    paired_outcomes,
+    prediction_outcomes,
+    t_value,
     unpack_bits,
     unpack_floats,
     wilson_interval,
@@ -147,6 +151,11 @@ def test_images_needed() -> None:
     assert images_needed(0.02, 0.01, 1.0) is None  # the drop sits on the threshold
 
 
+def test_t_values() -> None:
+    assert t_value(2) == 4.303 and t_value(11) == 2.228 and t_value(1000) == pytest.approx(1.96, abs=1e-3)
+    assert t_value(10, 0.9) == pytest.approx(1.812, abs=0.01)  # Cornish-Fisher away from the table
+
+
 def test_packed_outcomes_round_trip() -> None:
     bits = np.random.default_rng(0).random(2001) < 0.5
     text = pack_bits(bits)
@@ -193,3 +202,16 @@ def test_latency_rows_carry_intervals_of_their_statistics() -> None:
     got = portable.quantile_intervals(ms)
     for key, (lo, hi) in zip(("median", "p90", "p99"), expected, strict=True):
         assert got[f"{key}_ci_ms"] == [round(lo, 4), round(hi, 4)]
+
+
+def test_rows_pair_only_on_the_same_images() -> None:
+    labels = np.arange(100) % 10
+    ref = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    same = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    other = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "bbbb"}}
+    assert paired_outcomes(ref, same, "top1") is not None
+    # another validation subset with the same labels in the same order is not paired
+    assert paired_outcomes(ref, other, "top1") is None
+    ref_row = {**ref, "top1": 100.0, "accuracy_images": 100}
+    unpaired = drop_interval(ref_row, {**other, "top1": 100.0, "accuracy_images": 100}, "top1")
+    assert unpaired is not None and unpaired.method.startswith("unpaired")

@@ -34,6 +34,7 @@ from compressor.metrics.stats import (
     latency_interval,
     paired_outcomes,
     retained_interval,
+    t_value,
 )
 from compressor.metrics.stats import (
     decide as decide_by,
@@ -583,7 +584,9 @@ def summary(results: list[GateResult]) -> str:
 def combine_seeds(gates: GateSet, per_seed: dict[int, list[GateResult]]) -> list[GateResult]:
     """One result per check and row over several seeds' runs, by each check's ``over_seeds``:
     ``worst`` fails when any seed fails (the worst seed's line is shown); ``mean`` decides the mean
-    of the seeds' estimates, with the mean of their interval bounds, by the gate's decide mode."""
+    of the seeds' estimates by the gate's decide mode, with an interval whose half-width joins the
+    seeds' mean half-width (the images' noise, which averaging over seeds on the same images does not
+    shrink) and Student's t interval of the mean over seeds (the training noise), in quadrature."""
     grouped: dict[tuple[Any, ...], list[tuple[int, GateResult]]] = {}
     for seed, results in per_seed.items():
         for r in results:
@@ -603,8 +606,10 @@ def combine_seeds(gates: GateSet, per_seed: dict[int, list[GateResult]]) -> list
             bounds = [(r.low, r.high) for _, r in items]
             low = high = None
             if all(lo is not None and hi is not None for lo, hi in bounds):
-                low = sum(lo for lo, _ in bounds if lo is not None) / len(bounds)
-                high = sum(hi for _, hi in bounds if hi is not None) / len(bounds)
+                images = sum((hi - lo) / 2 for lo, hi in bounds if lo is not None and hi is not None) / len(bounds)
+                seeds = t_value(len(values) - 1, gates.confidence) * sd / len(values) ** 0.5 if len(values) > 1 else 0.0
+                half_width = (images**2 + seeds**2) ** 0.5
+                low, high = mean - half_width, mean + half_width
             ok = decide_by(mean, low, high, first.limit, bool(first.upper), first.decide)  # type: ignore[arg-type]
             half = f" ± {(high - low) / 2:.2f}" if low is not None and high is not None else ""
             combined.append(replace(first, measured=f"{mean:.2f}{half} (mean of {len(values)} seeds, sd {sd:.2f})",

@@ -20,6 +20,7 @@ import numpy as np
 from compressor.core.artifacts import write_json
 from compressor.core.readers import read_model_file
 from compressor.errors import CompressorError, DataError
+from compressor.runtime.measure import DEFAULT_MAX_CV
 from compressor.runtime.targets import Job, JobArtifact, TargetResult, run_targets, target_row
 
 INT8_ONNX_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
@@ -135,12 +136,12 @@ def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None
         images, labels, _ = labelled_arrays(data, pre, images_limit, class_names)
         log(f"bench: {len(labels)} labelled images from {data}")
     job = Job([JobArtifact(a.name, a.format, a.main, a.files) for a in arts], images, labels,
-              batch_sizes=batch_sizes, modes=modes, **timing)
+              batch_sizes=batch_sizes, modes=modes, **{"max_cv": DEFAULT_MAX_CV, **timing})
     out.mkdir(parents=True, exist_ok=True)
     log(f"bench: {len(arts)} artifact(s) on {', '.join(t.label for t in targets)}")
     with tempfile.TemporaryDirectory(dir=out, prefix="targets-") as tmp:
         results = run_targets(targets, job, Path(tmp))
-    rows = _rows(arts, results)
+    rows = _rows(arts, results, job.labels)
     from compressor.runtime.envinfo import environment
 
     doc = {"rows": rows, "accuracy_budget": budget, "teacher": arts[0].name,
@@ -162,7 +163,8 @@ def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None
     return path
 
 
-def _rows(arts: list[ExternalArtifact], results: list[TargetResult]) -> list[dict[str, Any]]:
+def _rows(arts: list[ExternalArtifact], results: list[TargetResult],
+          labels: np.ndarray | None = None) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         # agreement is with the first file's predictions on the same target
@@ -173,7 +175,7 @@ def _rows(arts: list[ExternalArtifact], results: list[TargetResult]) -> list[dic
                     "backend": "-", "batch": None, "size_bytes": sum(f.stat().st_size for f in a.files),
                     "file": str(a.main)}
             for runner_row in result.rows.get(a.name, []):
-                row = target_row(base, result, runner_row, ref)
+                row = target_row(base, result, runner_row, ref, labels)
                 row.setdefault("mode", "latency")
                 rows.append(row)
     return rows

@@ -15,6 +15,7 @@ from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
 from compressor.export.agreement import run_batched
 from compressor.metrics.evaluation import task_of
+from compressor.metrics.stats import array_digest
 from compressor.report.data import mark_int8_vs_fp32
 from compressor.report.tables import markdown_table
 from compressor.runtime.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
@@ -147,6 +148,15 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     return row
 
 
+def mark_images(rows: list[dict[str, Any]], images: np.ndarray) -> None:
+    """Name the images every row's outcomes were scored on (a digest), so a row is paired only with rows
+    of the same images: another run's validation subset can have the same labels in the same order."""
+    digest = array_digest(images)
+    for row in rows:
+        if isinstance(row.get("outcomes"), dict):
+            row["outcomes"]["images"] = digest
+
+
 def benchmark_inputs(cfg: BenchmarkConfig, ctx: StageContext) -> list[tuple[str, Artifact]]:
     """(stage name, artifact) pairs the stage measures: ``inputs`` if given, else ``input``."""
     if cfg.inputs:
@@ -184,6 +194,7 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
                    f"{row['median_ms']:.3f} ms" if row["status"] == "ok"
                    else f"{row['status']} ({row.get('reason')})"))
     _mark_slower_int8(ctx, rows)
+    mark_images(rows, images)
     write_json(ctx.out_dir / "results.json", {"rows": rows})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     art = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
@@ -318,6 +329,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
             environments.append({"target": target.label, "type": target.type,
                                  "emulated": isinstance(target, EmulatedTarget), "note": None, "environment": {}})
     _mark_slower_int8(ctx, rows)
+    mark_images(rows, images)
     write_json(ctx.out_dir / "results.json", {"rows": rows, "targets": environments})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     out = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})

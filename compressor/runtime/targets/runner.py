@@ -134,7 +134,11 @@ class OpenvinoModel:
         core = ov.Core()
         model = core.read_model(path)
         dev = "GPU" if device == "cuda" else "CPU"
-        config = {"INFERENCE_NUM_THREADS": threads} if dev == "CPU" else {}
+        # What the in-process backend and benchmark_app run: latency hint, one stream, FP32 kept FP32 (OpenVINO
+        # would otherwise run an FP32 IR in bf16 on AVX512-BF16/AMX CPUs, a different model than the one verified).
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if dev == "CPU":
+            config.update(INFERENCE_NUM_THREADS=threads, INFERENCE_PRECISION_HINT="f32")
         self.compiled = core.compile_model(model, dev, config)
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
@@ -144,7 +148,8 @@ class OpenvinoModel:
         self.dtype = np.float32
         self.request = self.compiled.create_infer_request()
         self.describe = {"runtime": "openvino", "version": ov.__version__, "provider": dev, "threads": threads,
-                         "layout": self.layout, "input_dtype": "float32"}
+                         "layout": self.layout, "input_dtype": "float32",
+                         "config": {k: str(v) for k, v in config.items()}}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = portable.to_layout(x, self.layout)
