@@ -57,3 +57,17 @@ def test_a_planted_subprocess_without_a_deadline_is_found(code: str, expected: s
 def test_calls_with_deadlines_pass() -> None:
     code = ("import subprocess\nsubprocess.run(['ls'], timeout=5)\nproc.wait(30)\nproc.communicate(timeout=3)\n")
     assert offences(code, "test_ok.py") == []
+
+
+def test_a_local_benchmark_run_that_outlives_its_timeout_is_stopped(tmp_path: Path, model_files: object,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The runtime's own child processes have deadlines too: a local run past ``timeout_s`` is a failed row."""
+    from compressor.cli import main
+
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("- {type: local, timeout_s: 3}\n")
+    onnx = model_files.get("onnx")  # type: ignore[attr-defined]
+    code = main(["bench", str(onnx), "--targets-file", str(targets), "--warmup", "0", "--time-budget-s", "120",
+                 "--min-iters", "100000000", "--max-iters", "100000000", "--out", str(tmp_path / "bench")])
+    err = capsys.readouterr().err
+    assert code == 2 and "target local could not be used: the cpu run exceeded timeout_s (3 s)" in err, err

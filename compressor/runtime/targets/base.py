@@ -44,10 +44,12 @@ class _Target(BaseModel):
 
 class LocalTarget(_Target):
     type: Literal["local"] = "local"
+    timeout_s: float = Field(1800, gt=0, description="Limit for the whole run here (a hung runtime is a failed row).")
 
 
 class CudaTarget(_Target):
     type: Literal["cuda"] = "cuda"
+    timeout_s: float = Field(1800, gt=0, description="Limit for the whole run on the GPU.")
 
 
 class SshTarget(_Target):
