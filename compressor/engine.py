@@ -35,6 +35,7 @@ import torch
 
 from compressor import __version__
 from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_json
+from compressor.core.console import third_party_output_to
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
@@ -46,6 +47,9 @@ from compressor.train.models import build_model, load_state, model_meta, read_st
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 2
+
+# What converters and runtimes print while a stage runs (see compressor.core.console).
+CHATTER_LOG = "stage.log"
 
 
 @dataclass
@@ -142,8 +146,9 @@ class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-                 registry: Mapping[str, StageEntry] = STAGES):
+                 registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False):
         self.recipe = recipe
+        self.verbose = verbose  # True: third-party output stays on the console instead of stage.log
         self.registry = registry  # stage type -> entry whose run function the engine calls
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
@@ -287,9 +292,17 @@ class Engine:
         self.log(f"{name} ({stage_type}): running" + (f" on {self.dist.world_size} ranks"
                                                        if distributed and self.dist.enabled else ""))
         start = time.perf_counter()
+        chatter = ctx.work_dir / CHATTER_LOG
         try:
-            output = fn(ctx)
+            if self.verbose:
+                output = fn(ctx)
+            else:
+                with third_party_output_to(chatter) as console:
+                    ctx.log = console.ours(ctx.log)
+                    output = fn(ctx)
             seconds = time.perf_counter() - start
+            if chatter.exists():  # the third-party output joins the stage's folder in the cache
+                shutil.move(chatter, tmp / CHATTER_LOG)
             own = output.artifact.id == key
             files = _file_records(tmp if own else self.cache_root / output.artifact.folder, output.artifact)
             write_json(tmp / "stage.json", {
@@ -307,6 +320,8 @@ class Engine:
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if chatter.exists() and chatter.stat().st_size:
+                self.log(f"{name} ({stage_type}): what converters and runtimes printed is in {chatter}")
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 # a library writing its file hit a full disk: the user's problem, not an internal error
                 msg = (f"could not write {err.filename or tmp}: {err.strerror}; free space or choose another "
@@ -395,6 +410,7 @@ class Engine:
 
 
 def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-               registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
-    """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()
+               registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> RunResult:
+    """Run ``recipe``; return where its manifest and report are. ``verbose`` keeps what third-party code
+    prints on the console (default: each stage's ``stage.log``)."""
+    return Engine(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose).run()

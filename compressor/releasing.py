@@ -74,7 +74,8 @@ def bundle_path(recipe: Recipe, version: str, out: Path | None) -> Path:
 
 def make_release(recipe: Recipe, version: str, *, out: Path | None = None, baseline: Path | None = None,
                  force: bool = False, log: Callable[[str], None] = print,
-                 show_progress: bool | None = None, registry: Mapping[str, StageEntry] = STAGES) -> ReleaseResult:
+                 show_progress: bool | None = None, registry: Mapping[str, StageEntry] = STAGES,
+                 verbose: bool = False) -> ReleaseResult:
     """Run ``recipe`` (reusing cached stages), evaluate its gates, and write the bundle.
 
     Raises:
@@ -89,7 +90,7 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
     base_manifest = read_bundle_manifest(baseline, "baseline") if baseline is not None else None
     gates = recipe.gates
 
-    result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry)
+    result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose)
     run = json.loads(result.manifest_path.read_text())
     run_stages = run["stages"]
     rows = benchmark_rows(run_stages)
