@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import MissingExtraError
+from compressor.metrics.names import label as metric_label
 from compressor.report.data import accuracy_key, ok_latency_rows, row_key
 
 
@@ -81,7 +82,7 @@ def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any
         emulated = any(r.get("emulated") for r in mine)
         _log_x(ax, [p[0] for p in pts] + [b["median_ms"] for b in base.values() if b.get("target") == target])
         ax.set_xlabel("median latency, ms" + (" — EMULATED, not comparable" if emulated else ""))
-        ax.set_ylabel({"top1": "top-1", "rank1": "rank-1", "map": "mAP"}[key] + " %")
+        ax.set_ylabel(metric_label(key) + " %")
         batch = mine[0]["batch"]
         ax.set_title(f"{target}{' (emulated)' if emulated else ''}: batch {batch}, latency mode")
         ax.grid(alpha=0.3)
