@@ -175,3 +175,22 @@ def test_recipe_fine_tunes_a_new_head_on_a_frozen_backbone(tiny_recipe: dict[str
             assert value.shape[0] == 10
         elif "running" not in key and "num_batches" not in key:
             assert torch.equal(value, theirs[key]), f"{key} changed while the backbone was frozen"
+
+
+def test_pretrained_student_of_another_class_count(tmp_path: Path) -> None:
+    from compressor.train.students import build_student
+
+    source = ModelSource(arch="mobilenet_v3_small", kwargs={"width_mult": 0.5})
+    torch.manual_seed(2)
+    imagenet = build_model(source, 1000, 3)
+    torch.save(imagenet.state_dict(), tmp_path / "student.pt")
+    student_source = source.model_copy(update={"checkpoint": tmp_path / "student.pt", "head": "replace"})
+    student, meta = build_student(student_source, 10, 3, stem_stride=1, seed=0)
+    assert meta["pretrained"]["head"] == "replaced" and meta["pretrained"]["checkpoint_classes"] == 1000
+    assert torch.equal(student.features[1].block[0][0].weight, imagenet.features[1].block[0][0].weight)
+    # the stem's stride change is in the saved form; the weights are not part of the rebuild spec
+    rebuilt = build_from_meta(json.loads(json.dumps(meta)))
+    rebuilt.load_state_dict(student.state_dict())
+    assert rebuilt.features[0][0].stride == (1, 1)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(rebuilt.eval()(x), student.eval()(x))
