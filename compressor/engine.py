@@ -43,7 +43,14 @@ from compressor.errors import CompressorError, ModelSourceError, RunLockedError,
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
 from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
-from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
+from compressor.runtime.model_files import import_model_file
+from compressor.train.models import (
+    build_model,
+    load_source_weights,
+    model_meta,
+    save_stage_model,
+    torchvision_weights_file,
+)
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 2
@@ -221,12 +228,19 @@ class Engine:
     def _source_key(self) -> str:
         src = self.recipe.model
         ckpt = None
-        if src.checkpoint is not None:
-            if not src.checkpoint.is_file():
-                what = "is not a file" if src.checkpoint.exists() else "does not exist"
-                msg = f"checkpoint {src.checkpoint} {what} (model.checkpoint)"
+        files = [f for f in (src.checkpoint_file(), src.file) if f is not None]
+        if src.openvino is not None:
+            files.append(src.openvino.with_suffix(".bin"))
+        if src.weights is not None and src.arch is not None:
+            files.append(torchvision_weights_file(src.arch, src.weights)[0])
+        for f in files:
+            if not f.is_file():
+                what = "is not a file" if f.exists() else "does not exist"
+                is_ckpt = f == src.checkpoint_file()
+                msg = f"checkpoint {f} {what} (model.checkpoint)" if is_ckpt else f"{f} {what} (model.{src.kind})"
                 raise CompressorError(msg)
-            ckpt = sha256_file(src.checkpoint)
+        if files:
+            ckpt = [sha256_file(f) for f in files]
         return stable_hash({"type": SOURCE_STAGE, "spec": src.model_dump(mode="json", exclude={"checkpoint"}),
                             "checkpoint": ckpt, "classes": self._classes(), "in_channels": self._in_channels(),
                             "context": self._context_key(False, False)})[:24]
@@ -240,20 +254,27 @@ class Engine:
     def _run_source(self, ctx: StageContext) -> StageOutput:
         src = self.recipe.model
         torch.manual_seed(self.recipe.seed)
+        if src.is_file:
+            return import_model_file(ctx, src)
         model = build_model(src, self._classes(), self._in_channels())
-        if src.checkpoint is not None:
-            load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
-        elif bad := non_finite_tensors(model.state_dict()):
-            spec = src.entry_point or src.arch
-            msg = f"model source {spec} builds weights holding NaN/Inf: {describe_non_finite(bad)}; fix its initialisation"
+        pretrained = load_source_weights(model, src, self._classes())
+        if pretrained is None and (bad := non_finite_tensors(model.state_dict())):
+            msg = (f"model source {src.label()} builds weights holding NaN/Inf: {describe_non_finite(bad)}; "
+                   "fix its initialisation")
             raise ModelSourceError(msg)
         meta = model_meta(src, self._classes(), self._in_channels())
+        if pretrained is not None:
+            meta["pretrained"] = pretrained
+            what = (f"head replaced ({pretrained.get('checkpoint_classes')} -> {pretrained['classes']} classes, "
+                    f"'{pretrained['classifier']}' re-initialised)" if pretrained["head"] == "replaced" else "head kept")
+            self.log(f"model: weights from {pretrained['origin']} {pretrained['file']}; {what}")
         if self.recipe.task == "embedding":
             from compressor.train.embedding import embedding_net, embedding_spec
 
             meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
             model = embedding_net(model, meta["embedding"])
-        return StageOutput(save_stage_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
+        return StageOutput(save_stage_model(ctx, model, meta), {
+            "checkpoint": str(src.checkpoint) if src.checkpoint else None, "weights": pretrained})
 
     # -- running ------------------------------------------------------------------------------
     def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any],

@@ -131,7 +131,7 @@ class QuantizeConfig(StageConfig):
 def _source_model(ctx: StageContext) -> torch.nn.Module:
     art = ctx.input
     if art.kind != "model":
-        if "source_model" not in art.meta:
+        if not art.meta.get("source_model"):
             raise StageError(ctx.name, f"input '{ctx.refs.get('input')}' ({art.kind}) does not record its PyTorch "
                                        "model (meta source_model); take a model artifact as input instead")
         art = Artifact.model_validate(art.meta["source_model"])

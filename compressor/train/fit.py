@@ -49,6 +49,8 @@ class TrainOptions(Strict):
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     early_stop_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better val top-1.")
     amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
+    freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="Train only the classifier for this "
+                                        "many first epochs (transfer learning: a new head on pretrained weights).")
 
 
 @dataclass
@@ -204,6 +206,18 @@ def _sync_buffers(model: nn.Module, ctx: StageContext) -> None:
             dist.broadcast(buf, src=0)
 
 
+def _backbone_params(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` outside its classifier (see :func:`~compressor.train.models.classifier_name`)."""
+    from compressor.train.models import classifier_name
+
+    name = classifier_name(model)
+    if name is None:
+        msg = "freeze_backbone_epochs: the model has no Linear or Conv2d classifier to train alone"
+        raise CompressorError(msg)
+    head = {id(p) for p in model.get_submodule(name).parameters()}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
 def fit(
     model: nn.Module,
     ctx: StageContext,
@@ -266,6 +280,7 @@ def fit(
         optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
     )
     use_amp = opts.amp and device.type == "cuda"
+    backbone = _backbone_params(model) if opts.freeze_backbone_epochs else []
 
     ckpt_path = ctx.work_dir / f"{desc}-last.pt"
     start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
@@ -316,6 +331,9 @@ def fit(
                 raise TrainingDiverged(msg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if epoch < opts.freeze_backbone_epochs:
+                for p in backbone:  # no gradient: the optimizer leaves them as they are (no decay, no momentum)
+                    p.grad = None
             if opts.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, opts.grad_clip)
             optimizer.step()
