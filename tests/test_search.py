@@ -207,6 +207,7 @@ def test_a_search_of_a_few_trials(tmp_path: Path, cache: Path, monkeypatch: pyte
     manifest = json.loads((tmp_path / "runs" / "tiny-search-best" / "manifest.json").read_text())
     assert all(s["reused"] for s in manifest["stages"])
     assert "gates: 2 passed, 0 failed" in capsys.readouterr().out
+    assert main(["release", str(out / "best.yaml"), "--version", "1.0.0", "--quiet"]) == 0  # releasable as it is
 
 
 @needs_fmnist
