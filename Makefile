@@ -1,4 +1,9 @@
 # Quick start: `make demo` and `make test`. Both set everything up themselves.
+#   make demo: the Debian package dataset-fashion-mnist (when the data is missing), then a venv with the
+#              runtime extras (pip install -e '.[demo]'). Nothing else.
+#   make test: the same, plus the dev extra (pytest, ruff, mypy; '.[all]'), NNCF's compiled extension,
+#              openssh-server (the ssh-target tests start one on 127.0.0.1) and the arm64 root.
+# System packages are installed as root, with sudo when not root, or make stops first with the command to run.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -13,31 +18,44 @@ NNCF_EXT_STAMP := .cache/torch_extensions/.built
 PYTEST_ARGS ?=
 ARM_ROOTFS ?= .cache/arm64-rootfs
 
-.PHONY: help setup data ssh-server arm-rootfs demo test lint compress bench report release verify clean
+.PHONY: help setup setup-demo data ssh-server arm-rootfs demo search-demo test lint compress bench report release verify clean
 
 help:
-	@echo "make demo | test | lint | arm-rootfs | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
+	@echo "make demo | search-demo [WORKERS=N] | test | lint | arm-rootfs | compress RECIPE=... [DATA=dir] [MODEL=...] | bench | report RUN=... | clean"
 	@echo "make release RECIPE=... VERSION=... [BASELINE=bundle] [OUT=dir] | verify BUNDLE=dir"
 
 # Reinstall only when pyproject.toml's content changes (not its mtime: a checkout touches that).
+# Two stamps: the demo's extras, and everything (demo + dev); the full install satisfies the demo.
 PYPROJECT_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
-STAMP := $(VENV)/.installed-$(PYPROJECT_HASH)
+STAMP := $(VENV)/.installed-all-$(PYPROJECT_HASH)
+DEMO_STAMP := $(VENV)/.installed-demo-$(PYPROJECT_HASH)
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all]'
 	$(PY) -m pip check
 	@rm -f $(VENV)/.installed-*
-	@touch $(STAMP)
+	@touch $(STAMP) $(DEMO_STAMP)
 
-setup: $(STAMP) data ssh-server $(NNCF_EXT_STAMP)
+$(DEMO_STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+	$(PY) -m pip check
+	@rm -f $(VENV)/.installed-demo-*
+	@touch $(DEMO_STAMP)
 
-# The OpenSSH server the ssh-target tests start on 127.0.0.1 (they skip without it).
+# Everything a recipe may use (no test tools' system packages).
+setup: data $(STAMP) $(NNCF_EXT_STAMP)
+
+setup-demo: data $(DEMO_STAMP)
+
+# The OpenSSH server the ssh-target tests start on 127.0.0.1 (only the test suite needs it).
 ssh-server:
 	@if [ -x /usr/sbin/sshd ]; then :; else \
 	  echo "installing openssh-server (for the ssh benchmark-target tests)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server; fi
-	@mkdir -p /run/sshd
+	  scripts/system_packages.sh openssh-server; fi
+	@test -d /run/sshd || mkdir -p /run/sshd 2>/dev/null || \
+	  { echo "error: sshd needs /run/sshd; run: sudo mkdir -p /run/sshd" >&2; exit 2; }
 
 # arm64 Debian root for the arm64-emulated target (debootstrap + qemu-user-static; about a minute).
 arm-rootfs: $(ARM_ROOTFS)/compressor-rootfs.json
@@ -53,16 +71,21 @@ $(NNCF_EXT_STAMP): $(STAMP)
 data:
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; else \
 	  echo "installing the embedded data set (dataset-fashion-mnist)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; fi
+	  scripts/system_packages.sh dataset-fashion-mnist; fi
 
-demo: setup
+demo: setup-demo
 	$(VENV)/bin/compressor run recipes/demo.yaml
+
+# compressor search on the embedded data: about an hour on 2 cores (budget: 12 trials or 60 minutes).
+search-demo: setup
+	$(VENV)/bin/compressor search recipes/search_demo.yaml $(if $(WORKERS),--workers $(WORKERS))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compressor tests benchmarks
 	$(VENV)/bin/mypy compressor
 
-test: setup lint arm-rootfs
+# System packages first, so a machine that cannot install them stops before the long pip install.
+test: data ssh-server setup lint arm-rootfs
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 compress: setup

@@ -75,8 +75,10 @@ def benchmark_app_median(xml: Path, threads: int, seconds: int, precision: str |
         config["INFERENCE_PRECISION_HINT"] = precision
     cfg = xml.with_name(f"benchmark_app_{threads}_{precision}.json")
     cfg.write_text(json.dumps({"CPU": config}))
-    cmd = [tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-load_config", str(cfg), "-t", str(seconds)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    # -ip f32: benchmark_app otherwise makes an image input u8 (a Convert added in front): another graph
+    cmd = [tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-load_config", str(cfg), "-ip", "f32",
+           "-t", str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600).stdout
     match = re.search(r"Median:\s+([\d.]+)\s*ms", out)
     return float(match.group(1)) if match else None
 

@@ -91,10 +91,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         msg = f"--nproc must be at least 1 (got {args.nproc})"
         raise CompressorError(msg)
+    if args.out:
+        from compressor.core.readers import check_output_folder
+
+        check_output_folder(Path(args.out))
+    if args.nproc > 1 and args.seeds is not None:
+        msg = "--seeds runs the seeds one after another in one process; use it without --nproc"
+        raise CompressorError(msg)
     if args.nproc > 1 and not dist.enabled:
         return launch_torchrun(args)
     overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint, "output": args.out}
     recipe = load_recipe(Path(args.recipe), overrides, args.registry)
+    seeds = args.seeds if args.seeds is not None else recipe.seeds
+    if seeds is not None:
+        if dist.enabled:
+            msg = "--seeds runs one process per seed in turn; drop --nproc (or seeds:) for this run"
+            raise CompressorError(msg)
+        return _run_seeds(args, recipe, seeds)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
                         show_progress=False if args.quiet else None, registry=args.registry,
                         verbose=args.verbose)
@@ -110,6 +123,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recipe.gates is not None:
         _print_run_gates(recipe, manifest, result.output_dir)
     return 0
+
+
+def _run_seeds(args: argparse.Namespace, recipe: Recipe, seeds: int) -> int:
+    """``run --seeds N``: the recipe under N seeds, mean ± std per artifact, gates over the seeds."""
+    from compressor.engine import run_seeds
+
+    result = run_seeds(recipe, seeds, log=_log if not args.quiet else (lambda _m: None),
+                       show_progress=False if args.quiet else None, registry=args.registry,
+                       verbose=args.verbose)
+    manifests = {s: json.loads(r.manifest_path.read_text()) for s, r in result.runs.items()}
+    print(f"\nrun {recipe.name} under {seeds} seed(s):")
+    for seed, manifest in manifests.items():
+        reused = sum(1 for st in manifest["stages"] if st["reused"])
+        print(f"  seed {seed}: {len(manifest['stages'])} stages ({reused} reused), {result.runs[seed].manifest_path}")
+    print("\n" + result.table_path.read_text().split("\n", 2)[2])
+    print(f"seeds:    {result.table_path}")
+    if recipe.gates is not None:
+        _print_seed_gates(recipe, manifests, result.output_dir)
+    return 0
+
+
+def _print_seed_gates(recipe: Recipe, manifests: dict, out_dir: Path) -> None:
+    """Each gate checked under every seed, then combined by its ``over_seeds`` (mean or worst)."""
+    from compressor.core.artifacts import write_json, write_text
+    from compressor.release.bundle import artifact_sizes, benchmark_rows
+    from compressor.release.gates import combine_seeds, evaluate_gates, gate_table, summary
+
+    assert recipe.gates is not None
+    per_seed = {seed: evaluate_gates(recipe.gates, benchmark_rows(m["stages"]), artifact_sizes(m["stages"]))
+                for seed, m in manifests.items()}
+    results = combine_seeds(recipe.gates, per_seed)
+    table = gate_table(results)
+    write_text(out_dir / "gates.md", f"# Release gates: {recipe.name} over seeds {', '.join(map(str, manifests))}"
+                                     f"\n\n{table}")
+    write_json(out_dir / "gates.json", [r.to_json() for r in results])
+    print(f"\n{table}{summary(results)} over {len(manifests)} seeds (advisory here)")
+    print(f"gates:    {out_dir / 'gates.md'}")
 
 
 def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
@@ -128,12 +178,76 @@ def _print_run_gates(recipe: Recipe, manifest: dict, out_dir: Path) -> None:
     print(f"gates:    {out_dir / 'gates.md'}")
 
 
+def _search_argv(args: argparse.Namespace, out: Path, cache: Path, storage: str, study: str) -> list[str]:
+    """The command line a worker process of this search runs (every path already resolved)."""
+    argv = ["search", args.recipe, "--out", str(out), "--cache-dir", str(cache), "--storage", storage,
+            "--study", study]
+    for flag in ("data", "model", "checkpoint"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    return argv + (["--quiet"] if args.quiet else [])
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from compressor.recipe import apply_overrides, read_recipe_file, validate_document
+    from compressor.search.run import SearchOptions, default_paths, run_worker, search
+    from compressor.search.study import deadline
+
+    if args.workers < 1:
+        msg = f"--workers must be at least 1 (got {args.workers})"
+        raise CompressorError(msg)
+    path = Path(args.recipe)
+    overrides = {"data": args.data, "model": args.model, "checkpoint": args.checkpoint}
+    doc = apply_overrides(read_recipe_file(path), overrides)
+    recipe = validate_document(doc, str(path), args.registry)
+    cfg = recipe.settings.search
+    if cfg is None:
+        msg = f"{path} has no search: section; add one (space, objectives, constraints, budget; see docs/search.md)"
+        raise CompressorError(msg)
+    out, cache, storage = default_paths(recipe, Path(args.out) if args.out else None,
+                                        Path(args.cache_dir) if args.cache_dir else None, args.storage)
+    from compressor.core.readers import check_output_folder
+
+    check_output_folder(out, "--out")
+    check_output_folder(cache, "--cache-dir")
+    study = args.study or recipe.name
+    log = (lambda _m: None) if args.quiet else (
+        (lambda m: _log(f"[worker {args.worker_index}] {m}")) if args.worker else _log)
+    opts = SearchOptions(out_dir=out, cache_dir=cache, storage=storage, study_name=study, workers=args.workers,
+                         worker_argv=_search_argv(args, out, cache, storage, study), log=log,
+                         registry=args.registry)
+    if args.worker:
+        import time
+
+        run_worker(doc, recipe, cfg, opts, args.worker_index, deadline(cfg, time.monotonic()))
+        return 0
+    result = search(doc, recipe, opts, report_only=args.report_only)
+    chosen = result.chosen
+    assert chosen is not None  # search raises NoFeasiblePlan otherwise
+    counts = ", ".join(f"{v} {k}" for k, v in result.summary["counts"].items())
+    print(f"\nsearch {recipe.name}: {len(result.rows)} trials ({counts}); Pareto front: trials "
+          f"{', '.join(str(r['trial']) for r in result.front)}")
+    metrics = ", ".join(f"{label} {chosen['metrics'][name]:.3f}" for name, label in result.summary["objectives"].items()
+                        if name in chosen["metrics"] and name != "size")
+    print(f"chosen:   trial {chosen['trial']} ({metrics})")
+    if result.summary.get("baseline") is not None:
+        beaten = result.summary["baseline_dominated_by"]
+        print(f"recipe as written (trial {result.summary['baseline']}): "
+              + (f"dominated by trial(s) {', '.join(map(str, beaten))}" if beaten else "not dominated by any trial"))
+    print(f"best:     {result.best_path}")
+    print(f"report:   {result.report_path}")
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
+    from compressor.core.readers import check_output_folder
     from compressor.errors import GateFailed
     from compressor.recipe import load_recipe
     from compressor.release.gates import gate_table, summary
     from compressor.releasing import make_release
 
+    if args.out:
+        check_output_folder(Path(args.out))
     recipe = load_recipe(Path(args.recipe), registry=args.registry)
     result = make_release(
         recipe, args.version, out=Path(args.out) if args.out else None,
@@ -186,17 +300,14 @@ def _targets_from(args: argparse.Namespace) -> list:
 
     targets = [parse_target(spec) for spec in args.target or []]
     if args.targets_file:
-        import yaml
         from pydantic import TypeAdapter, ValidationError
 
+        from compressor.core.readers import read_yaml_file
         from compressor.runtime.targets import TargetConfig
 
         path = Path(args.targets_file)
-        if not path.is_file():
-            msg = f"--targets-file {path} does not exist"
-            raise CompressorError(msg)
         try:
-            targets += TypeAdapter(list[TargetConfig]).validate_python(yaml.safe_load(path.read_text()))
+            targets += TypeAdapter(list[TargetConfig]).validate_python(read_yaml_file(path, "targets"))
         except ValidationError as err:
             first = err.errors()[0]
             msg = f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
@@ -216,7 +327,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as err:
             msg = f"--preprocess is not JSON ({err}); e.g. '{{\"crop\": 224, \"channels\": 3}}'"
             raise CompressorError(msg) from err
-    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    from compressor.core.readers import check_output_folder
+
+    out = check_output_folder(Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}"))
     timing = {"warmup": args.warmup, "min_iters": args.min_iters, "time_budget_s": args.time_budget_s,
               "max_iters": args.max_iters, "requests": args.requests}
     path = run_bench([Path(p) for p in args.artifacts], _targets_from(args), out, args.data, preprocess,
@@ -241,10 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="state dict to start from")
     p.add_argument("--out", help="output folder (default: the recipe's output, or runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress and no per-stage log")
+    p.add_argument("--seeds", type=int, metavar="N", help="run under N seeds (the recipe's seed, +1, ...) and "
+                   "report each artifact's metrics as mean ± std (default: the recipe's seeds:, else one run)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (torchrun, DistributedDataParallel: one per GPU on CUDA, "
                    "gloo on CPU); stages that do not train run on the first process only")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("search", help="search the recipe's search: space with Optuna; writes search.md and best.yaml "
+                       "(exit 1: no plan meets the constraints)")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="search folder (default: <recipe output>/search)")
+    p.add_argument("--storage", help="Optuna RDB URL shared by every worker, e.g. postgresql://user:pass@host/db "
+                   "(default: sqlite:///<out>/study.db)")
+    p.add_argument("--study", help="study name in the storage (default: the recipe's name)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes on this machine (default 1)")
+    p.add_argument("--cache-dir", help="stage cache every trial shares (default: the recipe's cache_dir, else "
+                   "<out>/cache); a shared folder when workers run on several machines")
+    p.add_argument("--report-only", action="store_true", help="run no trial: write the report of the study as it is")
+    p.add_argument("--data", help="ImageFolder root instead of the recipe's data")
+    p.add_argument("--model", help="torchvision architecture name or package.module:factory")
+    p.add_argument("--checkpoint", help="state dict to start from")
+    p.add_argument("--quiet", action="store_true", help="no per-trial log")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one worker process of --workers N
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("release", help="run a recipe, check its gates, write a release bundle (exit 1: a gate failed)")
     p.add_argument("recipe")

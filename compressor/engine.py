@@ -39,17 +39,29 @@ from compressor.core.console import third_party_output_to
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
-from compressor.errors import CompressorError, RunLockedError, StageError
+from compressor.core.readers import check_output_folder, describe_non_finite, non_finite_tensors
+from compressor.errors import CompressorError, ModelSourceError, RunLockedError, StageError
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
 from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
-from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
+from compressor.runtime.model_files import import_model_file
+from compressor.train.models import (
+    build_model,
+    load_source_weights,
+    model_meta,
+    save_stage_model,
+    torchvision_weights_file,
+)
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 2
 
 # What converters and runtimes print while a stage runs (see compressor.core.console).
 CHATTER_LOG = "stage.log"
+
+
+class RunStopped(Exception):
+    """Raised by an ``on_stage`` callback to end a run after the stage it has just seen."""
 
 
 @dataclass
@@ -105,6 +117,26 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         fh.close()
 
 
+@contextlib.contextmanager
+def stage_lock(cache_root: Path, key: str, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold ``cache_root/<key>.lock`` while one stage is checked and computed.
+
+    Runs with other output folders may share one cache (parallel CI jobs): the first to reach a stage
+    computes it while the others wait here, then find it done and reuse it. The lock is an ``flock``,
+    so a run that dies (even by ``kill -9``) releases it; the empty lock files stay in the cache.
+    """
+    fh = open(cache_root / f"{key}.lock", "a+")  # noqa: SIM115 - held for the stage
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         msg = "recipe asks for device: cuda but no CUDA GPU is visible; use device: cpu or auto"
@@ -146,10 +178,15 @@ class Engine:
     """Runs one recipe. Construct, then call :meth:`run`."""
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-                 registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False):
+                 registry: Mapping[str, StageEntry] = STAGES,
+                 on_stage: Callable[[StageRecord], None] | None = None, verbose: bool = False):
+        """``on_stage`` sees each finished (or reused) stage's record; raising :class:`RunStopped` there
+        ends the run early, recorded as stopped (a search stops a hopeless trial this way). ``verbose``
+        keeps what third-party code prints on the console (default: each stage's ``stage.log``)."""
         self.recipe = recipe
         self.verbose = verbose  # True: third-party output stays on the console instead of stage.log
         self.registry = registry  # stage type -> entry whose run function the engine calls
+        self.on_stage = on_stage
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
         self.dist = from_env()
         # Other ranks stay quiet: rank 0 reports for the job.
@@ -197,11 +234,19 @@ class Engine:
     def _source_key(self) -> str:
         src = self.recipe.model
         ckpt = None
-        if src.checkpoint is not None:
-            if not src.checkpoint.is_file():
-                msg = f"checkpoint {src.checkpoint} does not exist (model.checkpoint)"
+        files = [f for f in (src.checkpoint_file(), src.file) if f is not None]
+        if src.openvino is not None:
+            files.append(src.openvino.with_suffix(".bin"))
+        if src.weights is not None and src.arch is not None:
+            files.append(torchvision_weights_file(src.arch, src.weights)[0])
+        for f in files:
+            if not f.is_file():
+                what = "is not a file" if f.exists() else "does not exist"
+                is_ckpt = f == src.checkpoint_file()
+                msg = f"checkpoint {f} {what} (model.checkpoint)" if is_ckpt else f"{f} {what} (model.{src.kind})"
                 raise CompressorError(msg)
-            ckpt = sha256_file(src.checkpoint)
+        if files:
+            ckpt = [sha256_file(f) for f in files]
         return stable_hash({"type": SOURCE_STAGE, "spec": src.model_dump(mode="json", exclude={"checkpoint"}),
                             "checkpoint": ckpt, "classes": self._classes(), "in_channels": self._in_channels(),
                             "context": self._context_key(False, False)})[:24]
@@ -215,16 +260,27 @@ class Engine:
     def _run_source(self, ctx: StageContext) -> StageOutput:
         src = self.recipe.model
         torch.manual_seed(self.recipe.seed)
+        if src.is_file:
+            return import_model_file(ctx, src)
         model = build_model(src, self._classes(), self._in_channels())
-        if src.checkpoint is not None:
-            load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
+        pretrained = load_source_weights(model, src, self._classes())
+        if pretrained is None and (bad := non_finite_tensors(model.state_dict())):
+            msg = (f"model source {src.label()} builds weights holding NaN/Inf: {describe_non_finite(bad)}; "
+                   "fix its initialisation")
+            raise ModelSourceError(msg)
         meta = model_meta(src, self._classes(), self._in_channels())
+        if pretrained is not None:
+            meta["pretrained"] = pretrained
+            what = (f"head replaced ({pretrained.get('checkpoint_classes')} -> {pretrained['classes']} classes, "
+                    f"'{pretrained['classifier']}' re-initialised)" if pretrained["head"] == "replaced" else "head kept")
+            self.log(f"model: weights from {pretrained['origin']} {pretrained['file']}; {what}")
         if self.recipe.task == "embedding":
             from compressor.train.embedding import embedding_net, embedding_spec
 
             meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
             model = embedding_net(model, meta["embedding"])
-        return StageOutput(save_stage_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
+        return StageOutput(save_stage_model(ctx, model, meta), {
+            "checkpoint": str(src.checkpoint) if src.checkpoint else None, "weights": pretrained})
 
     # -- running ------------------------------------------------------------------------------
     def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any],
@@ -249,20 +305,27 @@ class Engine:
     def _execute(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
                  config: dict[str, Any], fn: Callable[[StageContext], StageOutput],
                  distributed: bool = False) -> StageRecord:
-        done = self.cache_root / key
-        marker = done / "stage.json"
-        if broadcast_object(self.dist, marker.exists()):  # rank 0 decides, so all ranks agree
-            self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
-            return self._saved_record(name, stage_type, key, True)
+        marker = self.cache_root / key / "stage.json"
         if not self.dist.is_main:
+            if broadcast_object(self.dist, None):  # rank 0 decides, so all ranks agree
+                return self._saved_record(name, stage_type, key, True)
             return self._follow(name, stage_type, key, inputs, refs, fn, distributed)
-        try:
-            record = self._run_stage(name, stage_type, key, inputs, refs, config, fn, distributed)
-        except BaseException as err:
-            if self.dist.enabled and not distributed:  # the other ranks wait for this answer
-                broadcast_object(self.dist, f"rank 0 failed in stage '{name}': {err}")
-            raise
-        broadcast_object(self.dist, None)
+
+        def waiting() -> None:
+            self.log(f"{name} ({stage_type}): another run is computing it in the shared cache "
+                     f"{self.cache_root} ({key[:12]}); waiting to reuse it")
+
+        with stage_lock(self.cache_root, key, waiting):
+            if broadcast_object(self.dist, marker.exists()):
+                self.log(f"{name} ({stage_type}): reused from cache {key[:12]}")
+                return self._saved_record(name, stage_type, key, True)
+            try:
+                record = self._run_stage(name, stage_type, key, inputs, refs, config, fn, distributed)
+            except BaseException as err:
+                if self.dist.enabled and not distributed:  # the other ranks wait for this answer
+                    broadcast_object(self.dist, f"rank 0 failed in stage '{name}': {err}")
+                raise
+            broadcast_object(self.dist, None)
         return record
 
     def _follow(self, name: str, stage_type: str, key: str, inputs: dict[str, Any], refs: dict[str, Any],
@@ -353,13 +416,20 @@ class Engine:
             write_json(path, self.manifest(status, error))
         return path
 
+    def _seen(self, record: StageRecord) -> None:
+        if self.on_stage is not None and self.dist.is_main:
+            self.on_stage(record)
+
     def run(self) -> RunResult:
         from compressor.report.render import write_report
 
         main = self.dist.is_main
+        if main:
+            check_output_folder(self.out_dir, "output folder")
         with process_group(self.dist, self.device), \
                 output_lock(self.out_dir) if main else contextlib.nullcontext():
             if main:
+                check_output_folder(self.cache_root, "cache_dir")
                 self.cache_root.mkdir(parents=True, exist_ok=True)
                 if removed := remove_stale_temporaries(self.cache_root):
                     self.log(f"removed {removed} half-written stage folder(s) left by an interrupted run")
@@ -376,6 +446,7 @@ class Engine:
                     self.recipe.model.model_dump(mode="json"), self._run_source,
                 )
                 self.records.append(source)
+                self._seen(source)
                 artifacts[SOURCE_STAGE] = source.artifact
                 for stage in self.recipe.stages:
                     inputs = {
@@ -395,10 +466,12 @@ class Engine:
                             raise
                         raise StageError(stage.name, str(err)) from err
                     self.records.append(record)
+                    self._seen(record)
                     artifacts[stage.name] = record.artifact
                     self._write_manifest("running")
             except BaseException as err:
-                status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                status = ("interrupted" if isinstance(err, KeyboardInterrupt)
+                          else "stopped" if isinstance(err, RunStopped) else "failed")
                 self._write_manifest(status, str(err) or type(err).__name__)
                 raise
             manifest_path = self._write_manifest("complete")
@@ -414,3 +487,49 @@ def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress
     """Run ``recipe``; return where its manifest and report are. ``verbose`` keeps what third-party code
     prints on the console (default: each stage's ``stage.log``)."""
     return Engine(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose).run()
+
+
+@dataclass
+class SeedsResult:
+    """Runs of one recipe under several seeds: each seed's run, and the summary over them."""
+
+    output_dir: Path
+    runs: dict[int, RunResult]
+    summary_path: Path
+    table_path: Path
+
+
+def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """``recipe`` under ``seed``: its own run folder ``<output>/seeds/seed-<seed>``, the recipe's cache.
+
+    The seed joins every stage's cache key, so a seed already run is reused stage by stage, and the
+    recipe's own seed reuses a plain run's stages (same cache folder).
+    """
+    settings = recipe.settings.model_copy(update={
+        "seed": seed, "output": recipe.output_dir / "seeds" / f"seed-{seed}", "cache_dir": recipe.cache_root})
+    return Recipe(settings=settings, stages=recipe.stages, source=recipe.source)
+
+
+def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, show_progress: bool | None = None,
+              registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> SeedsResult:
+    """Run ``recipe`` under ``count`` seeds (its seed, seed + 1, ...) one after another, then write
+    ``seeds.json`` and ``seeds.md`` (mean ± std and per-seed values of every metric) in its run folder."""
+    import json
+
+    from compressor.core.artifacts import write_text
+    from compressor.report.seeds import seed_summary, seeds_table
+
+    if count < 1:
+        msg = f"--seeds must be at least 1 (got {count})"
+        raise CompressorError(msg)
+    runs: dict[int, RunResult] = {}
+    for seed in range(recipe.seed, recipe.seed + count):
+        log(f"seed {seed} ({seed - recipe.seed + 1} of {count})")
+        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry,
+                                verbose=verbose)
+    summary = seed_summary({s: json.loads(r.manifest_path.read_text()) for s, r in runs.items()})
+    out = recipe.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "seeds.json", summary)
+    write_text(out / "seeds.md", f"# {recipe.name} under {count} seeds\n\n" + seeds_table(summary))
+    return SeedsResult(out, runs, out / "seeds.json", out / "seeds.md")

@@ -114,3 +114,22 @@ class AccuracyGoalError(CompressorError):
     def __init__(self, message: str, attempts: Sequence[dict[str, object]] = ()):
         self.attempts = list(attempts)
         super().__init__(message)
+
+
+class NoFeasiblePlan(CompressorError):
+    """A search found no plan that meets every constraint (exit code 1); its report names the closest."""
+
+    exit_code = 1
+
+
+class InputFileError(CompressorError):
+    """A file the user passed is missing, of another kind, truncated, or lacks a companion file."""
+
+    def __init__(self, path: object, problem: str, expected: str, what: str = "file"):
+        self.path = path
+        self.expected = expected
+        super().__init__(f"{what} {path} {problem}; expected {expected}")
+
+
+class TrainingDiverged(CompressorError):
+    """The training loss became NaN or Inf; the message names the likely causes with the values seen."""

@@ -8,14 +8,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from compressor.core.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
+from compressor.core import readers
+from compressor.core.config import (
+    DataConfig,
+    EmbeddingConfig,
+    ModelSource,
+    Preprocess,
+    StageConfig,
+    Strict,
+    timm_preprocess,
+)
 from compressor.errors import Problem, RecipeError, did_you_mean
 from compressor.registry import STAGES, StageEntry
 from compressor.release.card import CardConfig
 from compressor.release.gates import GATE_TYPES, GateSet, reference_problems
+from compressor.runtime.model_files import file_preprocess
+from compressor.search_config import SearchConfig, space_problems
 
 SOURCE_STAGE = "model"
 
@@ -28,6 +38,9 @@ class RecipeSettings(Strict):
         "classification", description="embedding: the model outputs embeddings judged by retrieval (rank-1, mAP).")
     embedding: EmbeddingConfig | None = Field(None, description="Options of task: embedding (defaults apply).")
     seed: int = Field(0, ge=0)
+    seeds: int | None = Field(
+        None, ge=1, le=64, description="Run under this many seeds (seed, seed + 1, ...) and report each "
+        "artifact's metrics as mean ± std with the per-seed values (compressor run --seeds N overrides).")
     output: Path | None = Field(None, description="Run folder. Default: runs/<name>.")
     cache_dir: Path | None = Field(None, description="Stage cache. Default: <output>/cache.")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -37,6 +50,8 @@ class RecipeSettings(Strict):
     stages: list[dict[str, Any]] = Field(min_length=1)
     gates: GateSet | None = Field(None, description="Release gates checked by 'compressor release'.")
     card: CardConfig | None = Field(None, description="Text for the model card of a release.")
+    search: SearchConfig | None = Field(
+        None, description="What 'compressor search' varies, optimises and requires (see docs/search.md).")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -54,6 +69,17 @@ class RecipeSettings(Strict):
             raise ValueError(msg)
         if self.task == "embedding" and self.embedding is None:
             object.__setattr__(self, "embedding", EmbeddingConfig())
+        return self
+
+    @model_validator(mode="after")
+    def _source_preprocess(self) -> RecipeSettings:
+        # A timm model's pretrained config (mean, std, input size) is the default preprocessing.
+        if "preprocess" not in self.data.model_fields_set and (self.model.timm is not None or self.model.is_file):
+            # ...and so is the preprocessing an ONNX / OpenVINO file carries in its metadata.
+            found = timm_preprocess(self.model.timm) if self.model.timm is not None else file_preprocess(self.model)
+            if found is not None:
+                data = self.data.model_copy(update={"preprocess": Preprocess.model_validate(found)})
+                object.__setattr__(self, "data", data)
         return self
 
 
@@ -153,7 +179,7 @@ def _problems(err: ValidationError, model: type[BaseModel], prefix: str = "") ->
         loc = tuple(e["loc"])
         kind = e["type"]
         owner = _model_at(model, loc) if loc else None
-        if loc[:2] == ("gates", "checks") and len(loc) > 3 and loc[3] in GATE_TYPES:
+        if loc[:2] in (("gates", "checks"), ("search", "constraints")) and len(loc) > 3 and loc[3] in GATE_TYPES:
             # A discriminated union puts the gate's type into the location; the user never wrote it there.
             owner = _model_at(GATE_TYPES[loc[3]], loc[4:])
             loc = loc[:3] + loc[4:]
@@ -189,6 +215,22 @@ def _problems(err: ValidationError, model: type[BaseModel], prefix: str = "") ->
 
 def _stage_refs(raw: dict[str, Any], entry: StageEntry) -> dict[str, Any]:
     return {field: raw[field] for field in entry.refs if raw.get(field) is not None}
+
+
+def _needs_pytorch(stages: list[Stage]) -> tuple[Stage, str] | None:
+    """The first stage that needs the PyTorch model (trains, prunes, distills, or exports from PyTorch)."""
+    for stage in stages:
+        if stage.entry.accepts == ("model",):
+            return stage, "needs the PyTorch model"
+        if getattr(stage.config, "mode", None) == "qat":
+            return stage, "(mode: qat) fine-tunes the PyTorch model"
+        if stage.type == "quantize" and getattr(stage.config, "format", None) == "tflite":
+            return stage, "(format: tflite) quantizes the PyTorch model"
+        if getattr(stage.config, "source", None) == "pytorch":
+            return stage, "(source: pytorch) converts the PyTorch model"
+        if stage.refs.get("teacher") is not None:
+            return stage, "needs a PyTorch teacher"
+    return None
 
 
 def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str, StageEntry] = STAGES) -> Recipe:
@@ -260,7 +302,15 @@ def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str,
     if problems or settings is None:
         raise RecipeError(source, problems)
     # Check that each reference names an artifact kind the stage accepts.
-    kinds = {SOURCE_STAGE: "model"}
+    if settings.model.is_file:
+        torch_only = _needs_pytorch(stages)
+        if torch_only is not None:
+            stage, why = torch_only
+            file_stages = sorted(t for t, e in registry.items() if set(e.accepts) - {"model"})
+            raise RecipeError(source, [Problem(f"stages[{stage.index}]", (
+                f'{stage.type} "{stage.name}" {why}, but the recipe\'s model is an {settings.model.kind} file '
+                f"({settings.model.file}); a file source works with {', '.join(file_stages)}"))])
+    kinds = {SOURCE_STAGE: settings.model.kind}
     for stage in stages:
         produced = stage.entry.produces
         if produced == "passthrough":
@@ -276,43 +326,69 @@ def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str,
                         f'"{ref}" makes a {kinds[ref]} artifact, but {stage.type} takes '
                         f"{' or '.join(stage.entry.accepts)}",
                     ))
+    measured_by: dict[str, list[str]] = {}
+    for stage in stages:
+        if stage.entry.produces == "report":
+            names = stage.refs.get("inputs") or stage.refs["input"]
+            for ref in names if isinstance(names, list) else [names]:
+                measured_by.setdefault(ref, []).append(stage.name)
     if settings.gates is not None:
         from compressor.core.artifacts import KINDS
         from compressor.runtime.backends import BACKENDS
 
-        measured_by: dict[str, list[str]] = {}
-        for stage in stages:
-            if stage.entry.produces == "report":
-                names = stage.refs.get("inputs") or stage.refs["input"]
-                for ref in names if isinstance(names, list) else [names]:
-                    measured_by.setdefault(ref, []).append(stage.name)
         problems.extend(reference_problems(settings.gates, kinds, measured_by, BACKENDS,
                                            [k for k in KINDS if k != "report"]))
+    if settings.search is not None:
+        problems.extend(_search_problems(settings.search, stages, kinds, measured_by, settings.gates))
     if problems:
         raise RecipeError(source, problems)
     return Recipe(settings=settings, stages=tuple(stages), source=source)
 
 
+def _search_problems(search: SearchConfig, stages: list[Stage], kinds: dict[str, str],
+                     measured_by: dict[str, list[str]], gates: GateSet | None) -> list[Problem]:
+    """The search section against the stages: its space, the artifacts and benchmarks its objectives read,
+    and its constraints (checked as gates are)."""
+    from compressor.core.artifacts import KINDS
+    from compressor.runtime.backends import BACKENDS
+
+    problems = space_problems(search, {s.name: s.entry.config for s in stages})
+    objectives = search.objectives
+    named = [("search.artifact", search.artifact, objectives.accuracy is not None or objectives.latency is not None)]
+    named += [(f"search.objectives.{n}.artifact", getattr(objectives, n).artifact, n != "size")
+              for n in objectives.names() if getattr(objectives, n).artifact is not None]
+    for path, name, needs_rows in named:
+        if name not in kinds:
+            problems.append(Problem(path, f'"{name}" names no stage{did_you_mean(name, kinds)}; stages: '
+                                          f'{", ".join(kinds)}'))
+        elif kinds[name] == "report":
+            problems.append(Problem(path, f'"{name}" makes a report, not a model; name the stage whose artifact ships'))
+        elif needs_rows and not measured_by.get(name):
+            problems.append(Problem(path, f'"{name}" is not measured by any benchmark stage; add it to a '
+                                          "benchmark stage's inputs"))
+    for n in ("accuracy", "latency"):
+        objective = getattr(objectives, n)
+        bench = getattr(objective, "bench", None)
+        artifact = (objective.artifact or search.artifact) if objective is not None else None
+        if bench is not None and bench not in measured_by.get(str(artifact), []):
+            problems.append(Problem(f"search.objectives.{n}.bench", f'"{bench}" is not a benchmark stage that '
+                                    f"measures {artifact}; those are: {', '.join(measured_by.get(str(artifact), [])) or 'none'}"))
+    needs = {"most_accurate": "accuracy", "fastest": "latency", "smallest": "size"}[search.choose]
+    if getattr(objectives, needs) is None:
+        problems.append(Problem("search.choose", f"{search.choose} needs the {needs} objective (search.objectives.{needs})"))
+    if search.constraints:
+        teacher = search.teacher or (gates.teacher if gates is not None else None)
+        renamed = {"gates.checks": "search.constraints", "gates.teacher": "search.teacher"}
+        for p in reference_problems(GateSet(teacher=teacher, checks=search.constraints), kinds, measured_by,
+                                    BACKENDS, [k for k in KINDS if k != "report"]):
+            path = next((p.path.replace(a, b, 1) for a, b in renamed.items() if p.path.startswith(a)), p.path)
+            problems.append(Problem(path, p.message.replace("gates.checks", "search.constraints")))
+    return problems
+
+
 def read_recipe_file(path: Path) -> Any:
-    """Read and YAML-parse a recipe file; a missing or unreadable file or bad YAML is a RecipeError."""
-    source = str(path)
-    if not path.exists():
-        raise RecipeError(source, [Problem("", "file not found; pass the path of a recipe YAML file")])
-    if not path.is_file():
-        raise RecipeError(source, [Problem("", "is not a file")])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(source, [Problem("", f"cannot be read as UTF-8 text: {err}")]) from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        hint = ("; recipes are read with yaml.safe_load, which builds no Python objects: remove the tag"
-                if "constructor for the tag" in problem else "; fix the syntax there")
-        raise RecipeError(source, [Problem("", f"is not valid YAML: {where}{problem}{hint}")]) from err
+    """Read and YAML-parse a recipe file; a missing file, bad YAML or a key given twice is a RecipeError."""
+    return readers.read_yaml_file(path, "recipe")
 
 
 def apply_overrides(doc: Any, overrides: dict[str, Any]) -> Any:

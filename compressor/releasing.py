@@ -36,7 +36,7 @@ from compressor.release.bundle import (
     write_bundle,
 )
 from compressor.release.card import compression_history, render_card
-from compressor.release.gates import evaluate_gates, gate_table
+from compressor.release.gates import combine_seeds, evaluate_gates, gate_table
 
 
 def accuracy_checks(recipe: Recipe, rows: list[dict[str, Any]], shipped: list[str]) -> list[dict[str, Any]]:
@@ -90,12 +90,28 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
     base_manifest = read_bundle_manifest(baseline, "baseline") if baseline is not None else None
     gates = recipe.gates
 
-    result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose)
-    run = json.loads(result.manifest_path.read_text())
+    base_rows = base_manifest.get("measurements", []) if base_manifest is not None else None
+    seeds: dict[str, Any] | None = None
+    if recipe.seeds is not None:
+        # every seed's run decides the gates (over_seeds); the recipe's own seed's artifacts ship
+        from compressor.engine import run_seeds
+
+        runs = run_seeds(recipe, recipe.seeds, log=log, show_progress=show_progress, registry=registry,
+                         verbose=verbose)
+        by_seed = {s: json.loads(r.manifest_path.read_text()) for s, r in runs.runs.items()}
+        run = by_seed[recipe.seed]
+        results = combine_seeds(gates, {s: evaluate_gates(gates, benchmark_rows(m["stages"]),
+                                                          artifact_sizes(m["stages"]), base_rows)
+                                        for s, m in by_seed.items()})
+        seeds = {"seeds": sorted(by_seed), "shipped_seed": recipe.seed,
+                 "summary": json.loads(runs.summary_path.read_text())["entries"]}
+    else:
+        result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose)
+        run = json.loads(result.manifest_path.read_text())
     run_stages = run["stages"]
     rows = benchmark_rows(run_stages)
-    results = evaluate_gates(gates, rows, artifact_sizes(run_stages),
-                             base_manifest.get("measurements", []) if base_manifest is not None else None)
+    if seeds is None:
+        results = evaluate_gates(gates, rows, artifact_sizes(run_stages), base_rows)
     releasable = all(r.status != "fail" for r in results)
     shipped = gates.shipped()
     by_name = {st["name"]: st for st in run_stages}
@@ -125,6 +141,9 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
             "artifacts": artifacts,
             "measurements": rows,
             "gates": [r.to_json() for r in results],
+            # how the gates decided: the recipe's default mode (each result names its own) and the level
+            "decide": {"default": gates.decide, "confidence": gates.confidence, "over_seeds": gates.over_seeds},
+            "seeds": seeds,
             "accuracy_checks": accuracy_checks(recipe, rows, shipped),
             "history": {name: compression_history(run_stages, resolved["stages"], rows, name) for name in shipped},
             "stages": [{**{k: st[k] for k in ("name", "type", "key", "reused", "seconds")},

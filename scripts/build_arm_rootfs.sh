@@ -24,7 +24,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  "$(dirname "$0")/system_packages.sh" "${need[@]}"
 fi
 if [ "$(id -u)" != 0 ]; then
   echo "error: building the arm64 root needs root (debootstrap, chroot); run 'sudo make arm-rootfs'" >&2

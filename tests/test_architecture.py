@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "compressor"
 TOP_LEVEL: dict[str, set[str]] = {
     "errors": set(),
     "registry": {"errors", "core", "stages"},
-    "recipe": {"errors", "core", "runtime", "release", "registry"},
+    "search_config": {"errors", "core", "release"},
+    "recipe": {"errors", "core", "runtime", "release", "registry", "search_config"},
     "engine": {"errors", "core", "metrics", "report", "train", "runtime", "recipe", "registry"},
     "releasing": {"errors", "core", "metrics", "report", "train", "runtime", "export", "release", "registry", "recipe",
                   "engine"},

@@ -100,8 +100,8 @@ def test_yaml_not_a_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_unknown_top_level_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = _doc(tmp_path)
-    doc["seeds"] = 3
-    validate_refused(capsys, tmp_path, doc, r'seeds: unknown key \(did you mean "seed"\?\)')
+    doc["thread"] = 3
+    validate_refused(capsys, tmp_path, doc, r'thread: unknown key \(did you mean "threads"\?\)')
 
 
 def test_misspelled_stage_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

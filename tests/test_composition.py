@@ -117,3 +117,36 @@ def test_module_names_from_exporter_and_converter_names() -> None:
     assert composition._tfl_module(name) == "features.5"
     assert composition._tfl_module("pkg.EfficientNet/pkg.MBConvBlock_6/pkg.Conv2d__project_conv;2") == \
         "MBConvBlock_6._project_conv"
+
+
+def test_tflite_default_engine_is_integer_only_and_keeps_modules_float_on_request(tmp_path: Path) -> None:
+    from compressor.quant import tflite as q
+
+    net = _Net().eval()
+    fp32, aeq = tmp_path / "fp32.tflite", tmp_path / "aeq.tflite"
+    q.convert_fp32(net, torch.from_numpy(CALIB[:1]), fp32)
+    q.quantize_aeq(fp32, CALIB, aeq, float_io=False)
+    clean = composition.of_files("tflite", aeq, fp32)
+    assert clean["problems"] == [] and clean["quantize_ops"] == 0 and clean["xnnpack"]["whole_graph_delegated"]
+    assert clean["op_types"] == clean["fp32_op_types"]  # the FP32 graph's ops, each in int8
+    # accuracy control's fallback keeps a module float with ai-edge-quantizer too
+    kept = tmp_path / "kept.tflite"
+    q.quantize_aeq(fp32, CALIB, kept, float_io=False, float_scopes=[q.scope_regex(net, "body.0")])
+    ops = composition.tflite_ops(kept)
+    assert [(o.type, o.module) for o in ops if o.kind == "float"] == [("CONV_2D", "body.0")]
+    assert composition.of_files("tflite", kept, fp32, expected_float=["body.0"])["problems"] == []
+
+
+def test_backends_record_the_kernels_that_ran(onnx_pair: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    from compressor.quant.openvino import read_ov_model, save_ov_model
+    from compressor.runtime.backends import RuntimeOptions, get_backend
+
+    fp32, calib = onnx_pair
+    int8 = _quantize(fp32, calib, tmp_path / "int8.onnx", [])
+    ort = get_backend("onnxruntime")
+    assert ort.load(int8, {}, RuntimeOptions()).describe()["kernels"]["int8_format"] == "qdq"
+    assert ort.load(fp32, {}, RuntimeOptions()).describe()["kernels"] == {"int8_format": "float"}
+    xml = tmp_path / "fp32.xml"
+    save_ov_model(read_ov_model(fp32), xml)
+    kernels = get_backend("openvino").load(xml, {}, RuntimeOptions()).describe()["kernels"]
+    assert sum(kernels.values()) == 3 and all(k.endswith(("f32", "F32")) for k in kernels), kernels

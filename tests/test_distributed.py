@@ -13,7 +13,7 @@ import pytest
 from compressor.core.distributed import DistInfo, from_env
 from compressor.engine import run_recipe
 from compressor.recipe import load_recipe
-from tests.conftest import PYTHON, needs_fmnist, write_recipe
+from tests.conftest import PYTHON, needs_fmnist, run_checked, write_recipe
 
 # Two ranks see the same images per epoch, but in another order and with batch-norm statistics over
 # half batches, so the weights differ. Measured on this recipe (500 validation images): 66.0 vs 65.4
@@ -51,8 +51,8 @@ def _stages(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _run_cli(path: Path, env: dict[str, str], cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "run", str(path), *extra],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    # two gloo ranks of the tiny recipe: about a minute and a half on 2 busy cores
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "run", str(path), *extra], expected_s=150, env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from compressor.core.artifacts import sha256_file
 from compressor.engine import output_lock, run_recipe
 from compressor.errors import RunLockedError, StageError
 from compressor.recipe import validate_document
-from tests.conftest import PYTHON, needs_fmnist, write_recipe
+from tests.conftest import PYTHON, Child, needs_fmnist, run_checked, write_recipe
 
 pytestmark = needs_fmnist
 
@@ -105,20 +103,6 @@ def test_second_run_on_same_folder_is_refused(tiny_recipe: dict[str, Any]) -> No
         run(tiny_recipe)
 
 
-def _wait_for(proc: subprocess.Popen[str], needle: str, timeout: float = 120) -> list[str]:
-    seen = []
-    deadline = time.time() + timeout
-    assert proc.stderr is not None
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return seen
-    pytest.fail(f"never saw {needle!r}; got: {''.join(seen)[-2000:]}")
-
-
 def test_kill_9_mid_training_resumes(tiny_recipe: dict[str, Any], tmp_path: Path, cli_env: dict[str, str]) -> None:
     doc = copy.deepcopy(tiny_recipe)
     doc["data"]["train_per_class"] = 400
@@ -129,18 +113,17 @@ def test_kill_9_mid_training_resumes(tiny_recipe: dict[str, Any], tmp_path: Path
     ]
     path = write_recipe(tmp_path / "r.yaml", doc)
     cmd = [PYTHON, "-m", "compressor.cli", "run", str(path)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=cli_env,
-                            cwd=tmp_path)
+    child = Child(cmd, expected_s=90, env=cli_env, cwd=tmp_path)
     try:
-        _wait_for(proc, "finetune: train epoch 1/4")
-        proc.send_signal(signal.SIGKILL)
+        child.wait_for("finetune: train epoch 1/4")
+        child.proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
+        code = child.wait(grace_s=30)
+    assert code == -signal.SIGKILL
     cache = Path(doc["output"]) / "cache"
     assert list(cache.glob("*.work/train-last.pt")), "epoch checkpoint of the killed stage is kept"
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=300)
+    rerun = run_checked(cmd, expected_s=120, env=cli_env, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert "teacher (train): reused from cache" in rerun.stderr
     assert "finetune: resuming train from epoch" in rerun.stderr

@@ -113,33 +113,65 @@ def _status(out: Path) -> str:
     return json.loads(path.read_text())["status"] if path.exists() else "no manifest"
 
 
-class ForkServer:
-    """``tests.faultpoint --serve``: each run a forked child of one process that imported torch already."""
+# Deadlines (seconds): a whole run of the chain on 2 busy cores takes about 3 minutes; a run stopped by
+# a signal ends within a few seconds (Ctrl-C finishes the current training step first).
+RUN_S = 240.0
+AFTER_SIGNAL_S = 60.0
 
-    def __init__(self, cwd: Path):
+
+class ForkServer:
+    """``tests.faultpoint --serve``: each run a forked child of one process that imported torch already.
+
+    Every answer has a deadline: a server that stops answering, or a child that outlives its deadline
+    (it is killed), fails the test with a message instead of hanging the suite.
+    """
+
+    def __init__(self, cwd: Path, ignore_sigint: bool = False):
         self.cwd = cwd
-        self.proc = subprocess.Popen([PYTHON, "-m", "tests.faultpoint", "--serve"], cwd=cwd, env=_env(),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore_sigint else None
+        try:  # ignore_sigint: start it as ``nohup ... &`` would (SIGINT ignored, inherited by the children)
+            self.proc = subprocess.Popen([PYTHON, "-m", "tests.faultpoint", "--serve"], cwd=cwd, env=_env(),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         self.count = 0
 
-    def _ask(self, request: dict[str, Any]) -> int:
+    def _ask(self, request: dict[str, Any], timeout: float) -> str:
+        from tests.faultpoint import read_line
+
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
+        line = read_line(self.proc.stdout, timeout)
+        if not line:
+            self.proc.kill()
+            pytest.fail(f"the fault server gave no answer to {request} within {timeout:.0f} s; killed it")
+        return line
 
     def start(self, argv: list[str]) -> tuple[int, Path]:
         self.count += 1
         log = self.cwd / f"stderr-{self.count}.txt"
-        return self._ask({"argv": argv, "stderr": str(log), "cwd": str(self.cwd)}), log
+        return int(self._ask({"argv": argv, "stderr": str(log), "cwd": str(self.cwd)}, 120)), log
 
-    def wait(self, pid: int) -> int:
-        return self._ask({"wait": pid})
+    def wait(self, pid: int, timeout: float, why: str = "") -> int:
+        """The child's exit status; one still running after ``timeout`` s is killed and the test fails."""
+        answer = json.loads(self._ask({"wait": pid, "timeout": timeout}, timeout + 30))
+        if answer["timed_out"]:
+            log = self.cwd / f"stderr-{self.count}.txt"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"run {pid} was still running {timeout:.0f} s {why or 'after it started'}; killed it. "
+                        f"Its stderr ends:\n{tail}")
+        return int(answer["code"])
 
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
 
 
 def _ended(pid: int) -> bool:
@@ -154,19 +186,21 @@ def _stop_at(server: ForkServer, cmd: list[str], flag: str, value: str, sig: sig
     """Run until the pause point, call ``at_pause()``, send ``sig``; return exit status, stderr, its result."""
     pid, log = server.start([flag, value, "--", *cmd])
     paused = None
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + RUN_S
+    sent = False
     try:
         while time.monotonic() < deadline and not _ended(pid):
             if log.exists() and "\nFAULTPOINT\n" in "\n" + log.read_text():
                 if at_pause is not None:
                     paused = at_pause()
                 os.kill(pid, sig)
+                sent = True
                 break
             time.sleep(0.05)
         else:
             os.kill(pid, signal.SIGKILL)
     finally:
-        code = server.wait(pid)
+        code = server.wait(pid, AFTER_SIGNAL_S, f"after {sig.name}" if sent else "after its deadline")
     stderr = log.read_text()
     if "FAULTPOINT" not in stderr:
         pytest.fail(f"never reached {flag} {value}: {stderr[-3000:]}")
@@ -220,7 +254,7 @@ def _run_plan(server: ForkServer, cmd: list[str], recipe: Path, out: Path, stops
             stops[-1].mtimes_after_rerun = _finished(cache)
         stops.append(stop)
     pid, log = server.start(["--", *cmd])
-    final_rc = server.wait(pid)
+    final_rc = server.wait(pid, RUN_S)
     stops[-1].rerun_stderr = log.read_text()
     stops[-1].mtimes_after_rerun = _finished(cache)
     return final_rc, stops[-1].rerun_stderr
@@ -333,3 +367,19 @@ def test_damaged_epoch_checkpoint_starts_the_stage_over(tmp_path: Path, damage: 
     assert any("is unreadable" in m and "starting train over" in m for m in seen), seen
     teacher = json.loads(result.manifest_path.read_text())["stages"][1]
     assert teacher["metrics"]["resumed_from_epoch"] == 0 and len(teacher["metrics"]["history"]) == 2
+
+
+def test_fault_children_take_ctrl_c_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """As under ``nohup make test &``: the server inherits SIGINT ignored; its children still stop on it."""
+    server = ForkServer(tmp_path, ignore_sigint=True)
+    try:
+        pid, log = server.start(["--pause-now"])
+        deadline = time.monotonic() + 60
+        while "FAULTPOINT" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "FAULTPOINT" in log.read_text()
+        os.kill(pid, signal.SIGINT)
+        code = server.wait(pid, 20, "after SIGINT")  # without its own handler it would sleep 5 minutes
+    finally:
+        server.close()
+    assert code == 1 and "KeyboardInterrupt" in log.read_text()

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from compressor.cli import main
 from compressor.errors import CompressorError, RecipeError
+from compressor.metrics.stats import pack_bits, pack_floats, prediction_outcomes
 from compressor.recipe import json_schema, load_recipe, validate_document
-from compressor.release.gates import GateSet, evaluate_gates, gate_table
+from compressor.release.gates import GateSet, combine_seeds, evaluate_gates, gate_table
 from compressor.releasing import make_release
 from tests.conftest import TINY_RECIPE, write_recipe
 
@@ -164,7 +169,7 @@ def test_regression_against_a_faster_baseline() -> None:
     ]
     assert results_of(gate) == [("-", "-", "skipped")]
     table = gate_table(evaluate_gates(GateSet.model_validate({"checks": gate}), ROWS, {}, baseline))
-    assert "| max_regression | int8 | onnx/fp32 onnxruntime local b1 | median +<= 10% vs baseline | +100.0% | **FAIL** |" in table
+    assert "| max_regression | int8 | onnx/fp32 onnxruntime local b1 | median +<= 10% vs baseline | +100.0% | - | confident | **FAIL** |" in table
 
 
 def test_release_refuses_bad_input_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,6 +181,155 @@ def test_release_refuses_bad_input_before_running(tmp_path: Path, capsys: pytest
     gated = load_recipe(write_recipe(tmp_path / "gated.yaml", {**doc, "gates": GOOD_GATES}))
     with pytest.raises(CompressorError, match=r'--version "1 0" is not a usable version'):
         make_release(gated, "1 0")
-    with pytest.raises(CompressorError, match=r"baseline .*missing is not a folder; pass the folder a release wrote"):
+    with pytest.raises(CompressorError, match=r"baseline .*missing does not exist; pass the folder a release wrote"):
         make_release(gated, "1.0", baseline=tmp_path / "missing")
     assert not (tmp_path / "run").exists()  # nothing ran
+
+
+# -- gates that know their noise -----------------------------------------------------------------
+
+def with_outcomes(r: dict[str, Any], correct: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """A row whose per-image top-1 outcomes are ``correct`` (as a benchmark records them)."""
+    pred = np.where(correct, labels, (labels + 1) % 10)
+    out = dict(r, top1=round(100 * float(correct.mean()), 3), accuracy_images=len(labels))
+    out["outcomes"] = prediction_outcomes(pred, correct, labels)
+    return out
+
+
+def small_sample(n: int = 100) -> list[dict[str, Any]]:
+    """Teacher right on 90 of 100 images; the candidate loses two of them and gains one: -1 pt."""
+    labels = np.arange(n) % 10
+    teacher = np.arange(n) < 90
+    cand = teacher.copy()
+    cand[[0, 1]] = False
+    cand[95] = True
+    return [with_outcomes(row("teacher", 0, 10.0, fmt="model"), teacher, labels),
+            with_outcomes(row("int8", 0, 2.0), cand, labels)]
+
+
+def decided(gate: dict[str, Any], rows: list[dict[str, Any]], mode: str) -> list[Any]:
+    gates = GateSet.model_validate({"teacher": "teacher", "decide": mode, "checks": [gate]})
+    return list(evaluate_gates(gates, rows, {}))
+
+
+def test_a_drop_gate_passes_point_and_fails_strict_on_a_small_sample() -> None:
+    gate = {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 2.0}
+    point, = decided(gate, small_sample(), "point")
+    strict, = decided(gate, small_sample(), "strict")
+    confident, = decided(gate, small_sample(), "confident")
+    assert (point.status, confident.status, strict.status) == ("pass", "pass", "fail")
+    # drop 1 pt; Bonett-Price on b = 2, c = 1, n = 100: 1/102 +- 1.96 sqrt((5/102 - (1/102)^2) / 102), exact McNemar p = 1
+    assert strict.value == pytest.approx(1.0) and strict.n == 100
+    assert (strict.low, strict.high) == pytest.approx((-3.312, 5.273), abs=0.001)
+    assert strict.measured == "+1.00 ± 4.29 pt" and "mcnemar p=1" in str(strict.method)
+    # 100 images can never pass a 2 pt gate strictly: a perfect copy needs z sqrt(2) / (n + 2) <= 2%
+    assert strict.needed == 137
+    assert "100 images cannot pass strict at 2 pt even with no image changed: needs >= 137" in strict.note
+    table = gate_table([strict])
+    assert "| +1.00 ± 4.29 pt | 100 | strict | **FAIL** |" in table
+    # the same gate with 2,000 images of the same kind passes strict
+    many = small_sample(2000)
+    many[1]["outcomes"] = small_sample(2000)[0]["outcomes"]  # a perfect copy of the teacher
+    many[1]["top1"] = many[0]["top1"]
+    assert decided(gate, many, "strict")[0].status == "pass"
+
+
+def test_per_gate_decide_overrides_the_default_and_retained_and_floor_intervals() -> None:
+    rows = small_sample()
+    gates = GateSet.model_validate({"teacher": "teacher", "decide": "strict", "checks": [
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 2.0, "decide": "point"},
+        {"type": "max_top1_drop", "artifacts": ["int8"], "min_retained_pct": 98},
+        {"type": "min_accuracy", "artifacts": ["int8"], "min": 80, "decide": "confident"},
+        {"type": "min_accuracy", "artifacts": ["int8"], "min": 80},
+    ]})
+    drop, kept, floor_confident, floor_strict = evaluate_gates(gates, rows, {})
+    assert (drop.decide, drop.status) == ("point", "pass")
+    assert kept.decide == "strict" and kept.status == "fail" and kept.value == pytest.approx(98.89, abs=0.01)
+    assert kept.low is not None and kept.low < 98 < kept.high
+    # 89% of 100 images: Wilson [81.4, 93.8] clears 80; not with a floor of 85
+    assert floor_confident.status == floor_strict.status == "pass"
+    assert floor_strict.low == pytest.approx(81.37, abs=0.01)
+
+
+def test_a_target_subset_is_paired_with_its_reference() -> None:
+    labels = np.arange(200) % 10
+    teacher = np.ones(200, bool)
+    keep = np.linspace(0, 199, 50).round().astype(int)
+    pred = labels[keep].copy()
+    pred[:2] = (pred[:2] + 1) % 10
+    device = row("int8", 96.0, 2.0, target="board")
+    device["outcomes"] = prediction_outcomes(pred, None, labels[keep], subset_of=200)
+    ref = with_outcomes(row("teacher", 0, 10.0, fmt="model"), teacher, labels)
+    result, = decided({"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 5}, [ref, device], "point")
+    assert result.n == 50 and result.value == pytest.approx(4.0) and result.low is not None
+
+
+def test_latency_gates_use_the_interval_of_their_statistic() -> None:
+    fast = dict(row("int8", 89.0, 4.8), median_ci_ms=[4.5, 5.4], iterations=200)
+    slow = dict(row("teacher", 90.0, 10.0, fmt="model"), median_ci_ms=[9.8, 10.2], iterations=200)
+    gate = {"type": "max_latency", "artifacts": ["int8"], "max_ms": 5, "statistic": "median"}
+    assert [decided(gate, [fast], m)[0].status for m in ("point", "confident", "strict")] == ["pass", "pass", "fail"]
+    assert decided(gate, [fast], "strict")[0].measured == "4.800 ± 0.45 ms"
+    speed = {"type": "min_speedup", "artifacts": ["int8"], "min": 2.0}
+    # x2.08, interval [9.8 / 5.4, 10.2 / 4.5] = [1.81, 2.27]
+    result, = decided(speed, [fast, slow], "strict")
+    assert result.status == "fail" and (result.low, result.high) == pytest.approx((1.815, 2.267), abs=0.001)
+    assert decided(speed, [fast, slow], "confident")[0].status == "pass"
+    # a row without an interval cannot pass strict, and says why
+    bare, = decided(gate, [row("int8", 89.0, 4.8)], "strict")
+    assert bare.status == "fail" and "no interval recorded" in bare.note
+
+
+def test_gates_over_seeds_take_the_worst_or_the_mean() -> None:
+    """Three seeds drop 0.5, 0.8 and 1.4 pt against a 1 pt ceiling (decided on the estimates)."""
+    gates = GateSet.model_validate({"teacher": "teacher", "decide": "point", "checks": [
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 1.0},
+        {"type": "max_top1_drop", "artifacts": ["int8"], "max_drop": 1.0, "over_seeds": "mean"},
+    ]})
+    per_seed = {seed: evaluate_gates(gates, [row("teacher", 90.0, 10.0, fmt="model"), row("int8", 90.0 - drop, 2.0)],
+                                     {}) for seed, drop in ((0, 0.5), (1, 0.8), (2, 1.4))}
+    worst, mean = combine_seeds(gates, per_seed)
+    assert (worst.status, worst.measured) == ("fail", "+1.40 pt") and "seed 2 of 3" in worst.note
+    assert [s["status"] for s in worst.seeds or []] == ["pass", "pass", "fail"]
+    assert mean.status == "pass" and mean.value == pytest.approx(0.9)
+    assert mean.measured == "0.90 (mean of 3 seeds, sd 0.46)"
+    # with per-seed intervals of +-1 pt: the images' +-1 and t(2) sd / sqrt(3) over seeds, in quadrature
+    spread = {s: [dataclasses.replace(r, low=r.value - 1, high=r.value + 1) for r in results]
+              for s, results in per_seed.items()}
+    mean = combine_seeds(gates, spread)[1]
+    half = math.hypot(1.0, 4.303 * statistics.stdev([0.5, 0.8, 1.4]) / math.sqrt(3))
+    assert (mean.low, mean.high) == pytest.approx((0.9 - half, 0.9 + half))
+    assert mean.measured == f"0.90 ± {half:.2f} (mean of 3 seeds, sd 0.46)" and mean.status == "pass"
+    # a seed whose row is missing fails the check under worst
+    del per_seed[1][0:2]
+    assert combine_seeds(gates, per_seed)[0].status == "fail"
+    assert "not measured under seed(s) 1" in combine_seeds(gates, per_seed)[0].note
+
+
+def test_the_issue_rank1_example_is_noise_over_200_queries() -> None:
+    """Rank-1 72 -> 69 over 200 queries (8 queries lost, 2 gained) against a 2 pt gate: the point rule
+    fails it, the bootstrap over queries says the interval reaches below 2 pt."""
+    teacher = np.arange(200) < 144
+    student = teacher.copy()
+    student[:8] = False
+    student[190:192] = True
+    ap = np.linspace(0.2, 0.9, 200)
+
+    def embedding_row(stage: str, hits: np.ndarray) -> dict[str, Any]:
+        r = {k: v for k, v in row(stage, 0, 2.0).items() if k not in ("top1", "top5")}
+        r.update(rank1=round(100 * float(hits.mean()), 3), map=round(100 * float(ap.mean()), 3),
+                 outcomes={"unit": "query", "n": 200, "labels": "same", "rank1": pack_bits(hits),
+                           "rank5": pack_bits(hits), "map": pack_floats(ap)})
+        return r
+
+    rows = [embedding_row("teacher", teacher), embedding_row("int8", student)]
+    gate = {"type": "max_top1_drop", "artifacts": ["int8"], "metric": "rank1", "max_drop": 2.0}
+    point, = decided(gate, rows, "point")
+    confident, = decided(gate, rows, "confident")
+    strict, = decided(gate, rows, "strict")
+    assert (point.status, confident.status, strict.status) == ("fail", "pass", "fail")
+    assert point.value == pytest.approx(3.0) and point.n == 200 and "bootstrap" in str(point.method)
+    assert point.low is not None and point.low < 2.0 < 3.0 < point.high
+    mean_ap, = decided({"type": "max_top1_drop", "artifacts": ["int8"], "metric": "map", "max_drop": 0.5},
+                       rows, "strict")
+    assert mean_ap.status == "pass" and mean_ap.low == mean_ap.high == 0.0

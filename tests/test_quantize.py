@@ -132,7 +132,7 @@ def test_config_errors_are_pinned(shared_out: Path) -> None:
     bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "openvino", "engine": "pt2e"}])
     with pytest.raises(RecipeError, match="engine 'pt2e' does not make format 'openvino'"):
         validate_document(bad)
-    bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "float_io": True}])
+    bad = _doc(shared_out, [{"name": "q", "type": "quantize", "format": "tflite", "engine": "pt2e", "float_io": True}])
     with pytest.raises(RecipeError, match="float_io needs engine: ai_edge_quantizer"):
         validate_document(bad)
     bad = _doc(shared_out, [{"name": "q", "type": "quantize", "mode": "qat", "bias_correction": "full"}])
@@ -271,3 +271,32 @@ def test_float_depthwise_auto_follows_the_int8_dot_product(monkeypatch: pytest.M
     assert resolve_float_depthwise("auto") is True and resolve_float_depthwise(False) is False
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert resolve_float_depthwise("auto") is False
+
+
+def test_qat_freezer_fixes_batchnorm_statistics_then_quantizer_ranges() -> None:
+    import torch
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.torch.quantization.layers import PTQuantizerSpec, SymmetricQuantizer
+    from torch import nn
+
+    from compressor.quant.qat import qat_freezer
+
+    spec = PTQuantizerSpec(num_bits=8, mode=QuantizationScheme.SYMMETRIC, signedness_to_force=None,
+                           narrow_range=False, half_range=False, scale_shape=(1,), logarithm_scale=False)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), SymmetricQuantizer(spec))
+    record: list[dict[str, Any]] = []
+    freeze = qat_freezer(bn_after=1, quantizers_after=2, record=record)
+    bn, quantizer = model[1], model[2]
+    x = torch.randn(8, 1, 6, 6)
+    model.train()
+    freeze(0, model)  # epoch 1: statistics still follow the data
+    model[:2](x)
+    assert bn.training and record == [] and int(bn.num_batches_tracked) == 1
+    model.train()
+    freeze(1, model)  # epoch 2: BatchNorm fixed, ranges still trained
+    before = bn.running_mean.clone()
+    model[:2](x + 5)
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    assert quantizer.scale.requires_grad and record == [{"epoch": 2, "batchnorm": 1}]
+    freeze(2, model)  # epoch 3: the quantizer ranges stop training too
+    assert not quantizer.scale.requires_grad and record[-1] == {"epoch": 3, "batchnorm": 1, "quantizers": 1}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from compressor.cli import main
 from compressor.errors import RecipeError
 from compressor.recipe import json_schema, load_recipe, validate_document
-from tests.conftest import PYTHON, REPO, TINY_RECIPE, write_recipe
+from tests.conftest import PYTHON, REPO, TINY_RECIPE, run_checked, write_recipe
 
 
 def problems_of(doc: object) -> list[str]:
@@ -51,8 +50,8 @@ def test_unknown_stage_type_did_you_mean() -> None:
 
 def test_unknown_top_level_key() -> None:
     doc = copy.deepcopy(TINY_RECIPE)
-    doc["seeds"] = 3
-    assert problems_of(doc) == ['seeds: unknown key (did you mean "seed"?)']
+    doc["thread"] = 3
+    assert problems_of(doc) == ['thread: unknown key (did you mean "threads"?)']
 
 
 def test_wrong_type_option() -> None:
@@ -98,7 +97,8 @@ def test_model_source_needs_exactly_one() -> None:
     doc = copy.deepcopy(TINY_RECIPE)
     doc["model"] = {"arch": "resnet18", "entry_point": "a.b:c"}
     assert problems_of(doc) == [
-        "model: give exactly one of 'arch' (a torchvision name) or 'entry_point' ('package.module:factory')"
+        "model: give exactly one of 'arch' (a torchvision name), 'entry_point' ('package.module:factory'), "
+        "'timm' (a timm model name), 'onnx' (a file) or 'openvino' (an .xml file); got arch, entry_point"
     ]
 
 
@@ -142,8 +142,8 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_validate_subprocess_has_no_traceback(tmp_path: Path, cli_env: dict[str, str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- just\n- a list\n")
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "validate", str(bad)], capture_output=True,
-                          text=True, env=cli_env, cwd=tmp_path)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "validate", str(bad)], expected_s=15, env=cli_env,
+                       cwd=tmp_path)
     assert proc.returncode == 2
     assert "must be a YAML mapping" in proc.stderr
     assert "Traceback" not in proc.stderr

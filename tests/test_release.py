@@ -51,6 +51,9 @@ def test_passing_release_writes_a_bundle_that_verify_accepts(released: tuple[Pat
     manifest = manifest_of(bundle)
     assert manifest["releasable"] is True and manifest["version"] == "1.0.0"
     assert [g["status"] for g in manifest["gates"]] == ["pass", "pass", "pass", "pass", "skipped"]
+    assert manifest["decide"] == {"default": "confident", "confidence": 0.95, "over_seeds": "worst"}
+    retained = manifest["gates"][0]
+    assert retained["decide"] == "confident" and retained["n"] == 100 and retained["low"] <= retained["value"]
     assert {f["path"] for f in manifest["files"]} == {
         "artifacts/onnx/model.onnx", "benchmark.json", "benchmark.md", "gates.md", "model_card.md", "recipe.yaml"}
     card = (bundle / "model_card.md").read_text()
@@ -80,12 +83,13 @@ def test_gate_just_above_measured_accuracy_fails_release(released: tuple[Path, P
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     root, bundle = released
     measured = next(r["top1"] for r in manifest_of(bundle)["measurements"] if r["stage"] == "onnx")
-    strict = {"checks": [{"type": "min_accuracy", "artifacts": ["onnx"], "min": measured + 0.5}]}
+    # decided on the estimate alone: within the noise of 100 images, the default (confident) would pass it
+    strict = {"checks": [{"type": "min_accuracy", "artifacts": ["onnx"], "min": measured + 0.5, "decide": "point"}]}
     capsys.readouterr()
     assert main(["release", str(recipe_with(root, "strict.yaml", strict)), "--version", "1.0.1", "--quiet"]) == 1
     out = capsys.readouterr()
-    line = f"| min_accuracy | onnx | onnx/fp32 onnxruntime local | top1 >= {measured + 0.5:g}% | {measured:.2f}% | **FAIL** |"
-    assert line in out.out
+    line = f"| min_accuracy | onnx | onnx/fp32 onnxruntime local | top1 >= {measured + 0.5:g}% | {measured:.2f} ± "
+    assert line in out.out and "| 100 | point | **FAIL** |" in out.out
     assert "1 gate check(s) failed" in out.err
     failed = root / "run/releases/1.0.1"
     assert manifest_of(failed)["releasable"] is False
@@ -101,13 +105,15 @@ def test_baseline_with_better_latency_flags_a_regression(released: tuple[Path, P
     manifest = manifest_of(baseline)
     for r in manifest["measurements"]:
         r["median_ms"] /= 10  # the last release was ten times faster
+        r["median_ci_ms"] = [v / 10 for v in r["median_ci_ms"]]
     (baseline / "manifest.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     path = recipe_with(root, "pass.yaml", PASSING_GATES)
     assert main(["release", str(path), "--version", "1.1.0", "--baseline", str(baseline), "--quiet"]) == 1
     out = capsys.readouterr().out
     # The benchmark stage is reused from the cache, so the rows are the baseline's times ten exactly.
-    assert "| median +<= 50% vs baseline | +900.0% | **FAIL** |" in out
+    line = next(x for x in out.splitlines() if "| median +<= 50% vs baseline | +900.0 ± " in x)
+    assert "| confident | **FAIL** |" in line
     regressions = [g for g in manifest_of(root / "run/releases/1.1.0")["gates"] if g["type"] == "max_regression"]
     assert [(g["threshold"].split(" ")[0], g["status"]) for g in regressions] == [
         ("top-1", "pass"), ("median", "fail"), ("size", "pass")]
@@ -118,7 +124,7 @@ def test_run_prints_the_gate_table(released: tuple[Path, Path], capsys: pytest.C
     capsys.readouterr()
     assert main(["run", str(recipe_with(root, "pass.yaml", PASSING_GATES)), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| gate | artifact | measured on | threshold | measured | result | note |" in out
+    assert "| gate | artifact | measured on | threshold | measured (± 95%) | n | decide | result | note |" in out
     assert "gates: 4 passed, 0 failed, 1 skipped (advisory here" in out
     assert (root / "run/gates.md").is_file()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from compressor.errors import CompressorError
 from compressor.report.plots import pareto
 from compressor.report.render import write_report
-from tests.conftest import PYTHON, needs_fmnist
+from tests.conftest import PYTHON, needs_fmnist, run_checked
 
 
 def _row(stage: str, fmt: str, precision: str, top1: float, median: float, target: str = "local",
@@ -53,7 +52,8 @@ def test_answer_baseline_regressions_html_and_figures(tmp_path: Path) -> None:
     assert head[0].startswith("1. **Fastest within the accuracy budget** (top-1 at most 1 pt below teacher `teacher`)")
     assert "local: `int8` (onnx int8, onnxruntime, batch 1) at 2.500 ms" in head[0]
     assert "arm64-emulated: emulated, latency not ranked" in head[0]
-    assert head[1] == "2. **Speed-up over the teacher:** local 4.00x (10.000 → 2.500 ms)"
+    assert head[1] == ("2. **Speed-up over the teacher:** local 4.00x over PyTorch eager (10.000 → 2.500 ms), "
+                       "teacher's FP32 onnxruntime not measured (add its export to the benchmark inputs)")
     assert head[2] == "3. **Accuracy loss:** local +0.50 pt (90.00 → 89.50)"
     assert "**2 regression(s)** in 5 matched rows" in text
     assert "median +25.0% (> 10%)" in text and "top-1 -1.00 pt (> 0.5 pt drop)" in text
@@ -66,8 +66,38 @@ def test_answer_baseline_regressions_html_and_figures(tmp_path: Path) -> None:
         assert (now / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     # a wider budget lets the 80% model win
     assert "local: `tiny`" in write_report(now, budget=15.0, figures=False).read_text().splitlines()[2]
-    assert subprocess.run([PYTHON, "-m", "compressor.cli", "report", str(now), "--baseline", str(base),
-                           "--fail-on-regression"], capture_output=True, check=False).returncode == 1
+    assert run_checked([PYTHON, "-m", "compressor.cli", "report", str(now), "--baseline", str(base),
+                        "--fail-on-regression"], expected_s=30).returncode == 1
+
+
+def test_slower_int8_is_marked_and_both_speedups_head_the_report(tmp_path: Path) -> None:
+    rows = [
+        _row("teacher", "model", "fp32", 90.0, 10.0, source="t"),
+        _row("teacher_onnx", "onnx", "fp32", 90.0, 4.0, source="t"),
+        _row("student_onnx", "onnx", "fp32", 89.8, 1.0, source="s"),
+        _row("int8_onnx", "onnx", "int8", 89.6, 1.25, source="s"),  # planted: slower than its own FP32
+        _row("int8_fast", "onnx", "int8", 80.0, 0.5, source="s"),
+    ]
+    run = _bench_dir(tmp_path / "run", rows)
+    text = write_report(run, figures=False).read_text()
+    head = text.splitlines()[2:6]
+    assert head[1] == ("2. **Speed-up over the teacher:** local 10.00x over PyTorch eager (10.000 → 1.000 ms), "
+                       "4.00x over the teacher's FP32 onnxruntime `teacher_onnx` (4.000 → 1.000 ms)")
+    assert head[3] == ("4. **❎ INT8 slower than its FP32 in the same runtime:** `int8_onnx` (onnx, onnxruntime, "
+                       "batch 1) 0.80x vs `student_onnx` (1.000 → 1.250 ms)")
+    lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| local |")}
+    assert lines["int8_onnx"].endswith("| ❎ **INT8 slower than FP32**: 0.80x vs FP32 `student_onnx` |")
+    assert lines["int8_fast"].endswith("| ok, 2.00x vs FP32 `student_onnx` |")  # its own FP32, not the teacher's
+    assert lines["teacher_onnx"].endswith("| ok |")
+    doc = json.loads((run / "results.json").read_text())
+    marked = {r["stage"]: r.get("slower_than_fp32") for r in doc["rows"]}
+    assert marked == {"teacher": None, "teacher_onnx": None, "student_onnx": None, "int8_onnx": True,
+                      "int8_fast": False}
+    assert doc["answer"]["targets"]["local"]["runtime_speedup"] == 4.0
+    # the teacher's own export wins: 1.00x over itself in that runtime
+    only = _bench_dir(tmp_path / "teacher_wins", [r for r in rows if r["stage"] in ("teacher", "teacher_onnx")])
+    assert "1.00x over the teacher's FP32 onnxruntime `teacher_onnx` (4.000 → 4.000 ms)" in \
+        write_report(only, figures=False).read_text().splitlines()[3]
 
 
 def test_pareto_front_and_missing_run_folder(tmp_path: Path) -> None:
@@ -111,15 +141,14 @@ def test_bench_command_on_an_external_file(tmp_path: Path, cli_env: dict[str, st
     torch.onnx.export(tiny_cnn().eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False,
                       input_names=["x"], output_names=["y"])  # fixed batch 1, no metadata: not ours
     out = tmp_path / "bench"
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "bench", str(path), "--batch-sizes", "1,2",
-                           "--min-iters", "5", "--time-budget-s", "0.02", "--out", str(out)],
-                          capture_output=True, text=True, env=cli_env, check=False)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "bench", str(path), "--batch-sizes", "1,2",
+                        "--min-iters", "5", "--time-budget-s", "0.02", "--out", str(out)], expected_s=45, env=cli_env)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["status"] for r in rows] == ["ok", "skipped"]
     assert rows[0]["median_ms"] > 0 and "top1" not in rows[0] and rows[0]["input_shape"] == [1, 1, 28, 28]
-    proc = subprocess.run([PYTHON, "-m", "compressor.cli", "bench", str(path), "--data", str(tmp_path)],
-                          capture_output=True, text=True, env=cli_env, check=False)
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "bench", str(path), "--data", str(tmp_path)],
+                       expected_s=20, env=cli_env)
     assert proc.returncode != 0 and "--data needs --preprocess" in proc.stderr
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from compressor.metrics.stats import (
     bootstrap_mean,
     bootstrap_quantiles,
     decide,
+    drop_interval,
     images_needed,
     images_to_pass_strict,
     mcnemar_exact,
@@ -21,10 +23,15 @@ from compressor.metrics.stats import (
     paired_bootstrap,
     paired_drop,
     paired_interval,
+    paired_outcomes,
+    prediction_outcomes,
+    t_value,
     unpack_bits,
     unpack_floats,
     wilson_interval,
 )
+from compressor.runtime import portable
+from compressor.runtime.measure import latency_stats, measure_steady
 
 
 def outcomes(both: int, only_ref: int, only_cand: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +151,67 @@ def test_images_needed() -> None:
     assert images_needed(0.02, 0.01, 1.0) is None  # the drop sits on the threshold
 
 
+def test_t_values() -> None:
+    assert t_value(2) == 4.303 and t_value(11) == 2.228 and t_value(1000) == pytest.approx(1.96, abs=1e-3)
+    assert t_value(10, 0.9) == pytest.approx(1.812, abs=0.01)  # Cornish-Fisher away from the table
+
+
 def test_packed_outcomes_round_trip() -> None:
     bits = np.random.default_rng(0).random(2001) < 0.5
     text = pack_bits(bits)
     assert len(text) <= 4 * math.ceil(251 / 3) and (unpack_bits(text, 2001) == bits).all()
     ap = np.array([0.0, 0.5, 1.0, 0.3333])
     assert unpack_floats(pack_floats(ap), 4) == pytest.approx(ap, abs=1e-3)
+
+
+@pytest.mark.parametrize("steady", [measure_steady, portable.steady])
+def test_a_noisy_latency_row_is_measured_again(steady: Any) -> None:
+    """A planted noisy run (cv 0.5 over a 0.2 limit) is re-measured once; marked noisy only if it stays so."""
+    made: list[float] = []
+
+    def planted(cvs: list[float]) -> Any:
+        calls = iter(cvs)
+
+        def measure() -> dict[str, float]:
+            made.append(cv := next(calls, 99.0))
+            return {"median_ms": 1.0, "cv": cv}
+        return measure
+
+    calm = steady(planted([0.05]), 0.2)
+    assert (calm["remeasured"], calm["noisy"]) == (False, False)
+    settled = steady(planted([0.5, 0.1]), 0.2)
+    assert (settled["remeasured"], settled["noisy"], settled["cv"], settled["first_cv"]) == (True, False, 0.1, 0.5)
+    made.clear()
+    stays = steady(planted([0.5, 0.4]), 0.2)
+    assert (stays["remeasured"], stays["noisy"], stays["cv"]) == (True, True, 0.4)
+    assert made == [0.5, 0.4]  # exactly one re-measurement, never a third
+    assert steady(planted([0.9]), None)["remeasured"] is False
+
+
+def test_latency_rows_carry_intervals_of_their_statistics() -> None:
+    samples = [int(1e6 * v) for v in np.random.default_rng(0).gamma(9, 0.2, 400)]
+    stats = latency_stats(samples)
+    for key in ("median", "p90", "p99"):
+        lo, hi = stats[f"{key}_ci_ms"]
+        assert lo <= stats[f"{key}_ms"] <= hi
+    assert stats["median_ci_ms"] == latency_stats(samples)["median_ci_ms"]  # seeded
+    ms = np.asarray(samples) / 1e6
+    assert portable.quantile_intervals(ms)["median_ci_ms"] == stats["median_ci_ms"]
+    # the shipped copy resamples exactly as compressor.metrics.stats does
+    expected = bootstrap_quantiles(ms, (50, 90, 99))
+    got = portable.quantile_intervals(ms)
+    for key, (lo, hi) in zip(("median", "p90", "p99"), expected, strict=True):
+        assert got[f"{key}_ci_ms"] == [round(lo, 4), round(hi, 4)]
+
+
+def test_rows_pair_only_on_the_same_images() -> None:
+    labels = np.arange(100) % 10
+    ref = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    same = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "aaaa"}}
+    other = {"outcomes": prediction_outcomes(labels, None, labels) | {"images": "bbbb"}}
+    assert paired_outcomes(ref, same, "top1") is not None
+    # another validation subset with the same labels in the same order is not paired
+    assert paired_outcomes(ref, other, "top1") is None
+    ref_row = {**ref, "top1": 100.0, "accuracy_images": 100}
+    unpaired = drop_interval(ref_row, {**other, "top1": 100.0, "accuracy_images": 100}, "top1")
+    assert unpaired is not None and unpaired.method.startswith("unpaired")

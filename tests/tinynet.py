@@ -38,6 +38,32 @@ class Histogram(nn.Module):
         return logits + 0 * torch.histc(logits.detach(), bins=4).sum()
 
 
+def tiny_cnn_bn_head(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A BatchNorm1d on the pooled features: one value per channel on a batch of one image, as in
+    ResNets on small inputs, so a training batch of one image fails in BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, num_classes),
+    )
+
+
+def tiny_cnn_plain(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """No normalization at all (12 x 12 inputs): a learning rate far too high makes it diverge in a few steps."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 12 * 12, num_classes),
+    )
+
+
+def tiny_cnn_nan(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """tiny_cnn with one NaN weight: training it gives a NaN loss at the first step."""
+    import torch
+
+    model = tiny_cnn(num_classes, in_channels)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    return model
+
+
 def tiny_cnn_histc(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     model = tiny_cnn(num_classes, in_channels)
     model.add_module("odd", Histogram())

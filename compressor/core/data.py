@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from compressor.core.config import DataConfig, Preprocess
+from compressor.core.readers import IMAGE_SUFFIXES, check_data_folder, image_problem, read_image
 from compressor.errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -109,25 +109,9 @@ class FileImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[i]
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))  # greyscale, palette and RGBA all become RGB first
-        return self.transform(torch.from_numpy(arr.copy()).permute(2, 0, 1)), label
-
-
-def _decodes(path: Path) -> str | None:
-    """None if the image decodes fully, else the reason."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (64, 64))  # JPEG decodes at reduced scale: a full check, cheaply
-            im.load()
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for undecodable files
-        return f"{type(err).__name__}: {err}"
-    return None
+        arr = read_image(path)  # greyscale, palette and RGBA all become RGB first
+        return self.transform(torch.from_numpy(arr).permute(2, 0, 1)), label
 
 
 def _per_class_subset(labels: np.ndarray, per_class: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -177,6 +161,37 @@ class PKBatchSampler:
             yield batch
 
 
+class TrainBatches(Sampler[list[int]]):
+    """Training batches of ``batch_size`` indices drawn from ``sampler``, without a last batch of one image.
+
+    BatchNorm cannot train on a batch of one image once the feature map is 1 x 1 ("Expected more than 1
+    value per channel when training"), so a last batch of exactly one is dropped, as torchvision's
+    reference scripts effectively do with ``drop_last``; larger last batches are kept, and so is a data
+    set of one image (or ``batch_size`` 1), where nothing else is left. Evaluation is not batched here.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+
+    def _keeps_last(self, size: int) -> bool:
+        return size > 1 or self.batch_size == 1 or len(self.sampler) == 1
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (1 if rest and self._keeps_last(rest) else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and self._keeps_last(len(batch)):
+            yield batch
+
+
 @dataclass
 class DataModule:
     """The data of one run: splits, class names, what was skipped, and loaders."""
@@ -203,10 +218,9 @@ class DataModule:
             labels = self.train.labels.numpy()  # type: ignore[attr-defined]
             return DataLoader(self.train, batch_sampler=PKBatchSampler(labels, pk[0], pk[1], self.seed * 1000 + epoch),
                               num_workers=self.config.workers)
-        return DataLoader(
-            self.train, batch_size=batch_size or self.config.batch_size, shuffle=sampler is None,
-            sampler=sampler, generator=generator, num_workers=self.config.workers, drop_last=False,
-        )
+        order = sampler if sampler is not None else RandomSampler(self.train, generator=generator)  # type: ignore[arg-type]
+        return DataLoader(self.train, batch_sampler=TrainBatches(order, batch_size or self.config.batch_size),
+                          num_workers=self.config.workers)
 
     def val_loader(self, batch_size: int | None = None) -> DataLoader:
         return DataLoader(self.val, batch_size=batch_size or self.config.batch_size, shuffle=False,
@@ -295,7 +309,7 @@ def scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[st
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         good = 0
         for path in files:
-            reason = _decodes(path)
+            reason = image_problem(path)
             if reason is None:
                 samples.append((path, index[folder.name]))
                 good += 1
@@ -309,14 +323,8 @@ def scan_split(split_dir: Path, classes: list[str] | None, skipped: list[dict[st
 
 def _image_folder(cfg: DataConfig, seed: int, open_set: bool = False) -> DataModule:
     assert cfg.path is not None
-    root = cfg.path
-    if not root.is_dir():
-        msg = f"data folder {root} does not exist; pass a folder holding train/<class>/ and val/<class>/"
-        raise DataError(msg)
+    root = check_data_folder(cfg.path)
     train_dir = root / "train"
-    if not train_dir.is_dir():
-        msg = f"{root} has no train/ folder; expected {root}/train/<class>/<images> (and optionally val/)"
-        raise DataError(msg)
     pre = cfg.preprocess
     size = pre.crop or pre.resize
     if size is None:

@@ -80,6 +80,21 @@ class Task:
     def agreement_label(self) -> str:
         return "mean cosine similarity x 100" if self.is_embedding else "top-1 agreement"
 
+    def outcomes(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Per-image (classification) or per-query (embedding) outcomes, packed for a benchmark row, so
+        two rows can be compared on the same images (:mod:`compressor.metrics.stats`)."""
+        from compressor.metrics import stats
+
+        if not self.is_embedding:
+            return stats.classification_outcomes(outputs, labels)
+        from compressor.metrics.retrieval import retrieval_outcomes
+
+        emb = self.embedding or EmbeddingConfig()
+        out = retrieval_outcomes(outputs, labels, emb.distance, emb.query_fraction, self.seed)
+        return {"unit": "query", "n": int(len(out["rank1"])), "labels": stats.labels_digest(labels[out["query_index"]]),
+                "rank1": stats.pack_bits(out["rank1"]), "rank5": stats.pack_bits(out["rank5"]),
+                "map": stats.pack_floats(out["ap"])}
+
     def row_metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         """The accuracy columns of a benchmark row."""
         s = self.score(outputs, labels)

@@ -57,23 +57,35 @@ def average_precision(matches: np.ndarray) -> np.ndarray:
         return np.where(total > 0, precision_at_hits.sum(1) / np.maximum(total, 1), np.nan)
 
 
-def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, distance: Distance = "cosine",
-                      query_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
-    """Rank-1, rank-5 and mAP (percent) of ``embeddings`` over a seeded query/gallery split of ``labels``."""
+def retrieval_outcomes(embeddings: np.ndarray, labels: np.ndarray, distance: Distance = "cosine",
+                       query_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Per answerable query: rank-1 and rank-5 hits and AP, over the seeded query/gallery split
+    (``queries``: their indices into ``labels``), plus the split's counts."""
     q_idx, g_idx = query_gallery_split(labels, query_fraction, seed)
     result: dict[str, Any] = {"images": int(len(labels)), "queries": int(len(q_idx)), "gallery": int(len(g_idx)),
-                              "identities": int(len(np.unique(labels))), "distance": distance}
+                              "identities": int(len(np.unique(labels))), "distance": distance,
+                              "rank1": np.zeros(0, bool), "rank5": np.zeros(0, bool), "ap": np.zeros(0),
+                              "query_index": np.zeros(0, np.int64)}
     if len(q_idx) == 0 or len(g_idx) == 0:
-        return result | {"rank1": 0.0, "rank5": 0.0, "map": 0.0}
+        return result
     matches = ranked_matches(distances(embeddings[q_idx], embeddings[g_idx], distance), labels[q_idx], labels[g_idx])
     answerable = matches.any(1)
     matches = matches[answerable]
-    result["queries"] = int(answerable.sum())
-    rank1 = float(matches[:, 0].mean()) if len(matches) else 0.0
-    rank5 = float(matches[:, :5].any(1).mean()) if len(matches) else 0.0
-    ap = average_precision(matches)
-    return result | {"rank1": round(rank1 * 100, 3), "rank5": round(rank5 * 100, 3),
-                     "map": round(float(np.nanmean(ap)) * 100, 3) if len(ap) else 0.0}
+    result.update(queries=int(answerable.sum()), rank1=matches[:, 0], rank5=matches[:, :5].any(1),
+                  ap=average_precision(matches), query_index=q_idx[answerable])
+    return result
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, distance: Distance = "cosine",
+                      query_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Rank-1, rank-5 and mAP (percent) of ``embeddings`` over a seeded query/gallery split of ``labels``."""
+    out = retrieval_outcomes(embeddings, labels, distance, query_fraction, seed)
+    rank1, rank5, ap = out.pop("rank1"), out.pop("rank5"), out.pop("ap")
+    out.pop("query_index")
+    if len(rank1) == 0:
+        return out | {"rank1": 0.0, "rank5": 0.0, "map": 0.0}
+    return out | {"rank1": round(float(rank1.mean()) * 100, 3), "rank5": round(float(rank5.mean()) * 100, 3),
+                  "map": round(float(np.nanmean(ap)) * 100, 3)}
 
 
 def cosine_agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:

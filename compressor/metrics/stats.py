@@ -40,6 +40,24 @@ def z_value(level: float = DEFAULT_LEVEL) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
+# Student's t, two-sided 95%, by degrees of freedom (for a mean over a few seeds)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000}
+
+
+def t_value(df: int, level: float = DEFAULT_LEVEL) -> float:
+    """Two-sided Student's t quantile: the table at 95% (the nearest smaller tabulated df beyond 10),
+    else the Cornish-Fisher expansion around the normal quantile (good to about 1% from df = 5)."""
+    if df < 1:
+        return float("inf")
+    if abs(level - 0.95) < 1e-12:
+        if df > 60:
+            return z_value(level)
+        return _T95[max(k for k in _T95 if k <= df)]
+    z = z_value(level)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 @dataclass(frozen=True)
 class Interval:
     """A point estimate with its interval, in the caller's unit (points, percent, ms)."""
@@ -340,16 +358,22 @@ def even_subset(total: int, count: int | None) -> np.ndarray:
 
 # -- benchmark rows ---------------------------------------------------------------------------
 # A row's ``outcomes``: {"unit": "image" | "query", "n": N, "labels": sha256 prefix of the labels
-# scored, optional "subset_of": the full count when a target scored an even subset, and one packed
+# scored, "images": the same of the images (the benchmark's full set), optional "subset_of": the full
+# count when a target scored an even subset, and one packed
 # vector per metric: bits for top1 / top5 / rank1 / rank5, float16 AP per query for map}.
 
 BINARY_METRICS = BINARY
 
 
 def labels_digest(labels: np.ndarray) -> str:
+    return array_digest(np.asarray(labels, dtype=np.int64))
+
+
+def array_digest(values: np.ndarray) -> str:
+    """The first 16 hex digits of the sha256 of an array's bytes (which images, which labels)."""
     import hashlib
 
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 
 
 def classification_outcomes(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -391,6 +415,8 @@ def paired_outcomes(reference: dict[str, Any], row: dict[str, Any], metric: str
     if ref is None or mine is None:
         return None
     r_out, m_out = reference["outcomes"], row["outcomes"]
+    if r_out.get("images") and m_out.get("images") and r_out["images"] != m_out["images"]:
+        return None  # scored on other images (e.g. a baseline run with another validation subset)
     if len(ref) == len(mine) and r_out.get("labels") == m_out.get("labels"):
         return ref, mine
     # a target that scored an even subset of the images its reference scored in full

@@ -212,10 +212,7 @@ class TflitePlan:
 
         dst = self.counter.next()
         if self.engine == "ai_edge_quantizer":
-            if exclude:
-                msg = "keeping layers in float with engine ai_edge_quantizer"
-                raise NotImplementedError(msg)
-            q.quantize_aeq(self.fp32, self.calib, dst, self.float_io)
+            q.quantize_aeq(self.fp32, self.calib, dst, self.float_io, [q.scope_regex(self.model, n) for n in exclude])
         else:
             q.quantize_pt2e(self.model, self.example, self.calib, dst, self.per_channel, exclude)
         return dst

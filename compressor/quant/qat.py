@@ -9,6 +9,7 @@ so the build happens once (``make setup`` runs it).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,33 @@ class Wrapped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def qat_freezer(bn_after: int | None, quantizers_after: int | None,
+                record: list[dict[str, Any]]) -> Callable[[int, nn.Module], None]:
+    """The QAT fine-tune's epoch hook: from epoch ``bn_after`` (counted from 0) BatchNorm layers run in eval
+    mode (running statistics fixed, as torchvision's QAT reference does after a few epochs), and from epoch
+    ``quantizers_after`` NNCF's quantizer ranges stop training. ``record`` gets one entry per epoch that
+    froze something (the manifest keeps it)."""
+
+    def freeze(epoch: int, model: nn.Module) -> None:
+        done: dict[str, Any] = {"epoch": epoch + 1}
+        if bn_after is not None and epoch >= bn_after:
+            bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            for m in bns:
+                m.eval()
+            done["batchnorm"] = len(bns)
+        if quantizers_after is not None and epoch >= quantizers_after:
+            from nncf.torch.quantization.layers import BaseQuantizer
+
+            quantizers = [m for m in model.modules() if isinstance(m, BaseQuantizer)]
+            for q in quantizers:
+                q.disable_gradients()
+            done["quantizers"] = len(quantizers)
+        if len(done) > 1:
+            record.append(done)
+
+    return freeze
 
 
 def insert_fake_quant(model: nn.Module, calib: np.ndarray, nncf_kwargs: dict[str, Any]) -> nn.Module:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from compressor.core import readers
 from compressor.core.artifacts import sha256_file, write_json
 from compressor.errors import BundleError, CompressorError
 from compressor.release.gates import GateResult, row_target
@@ -45,23 +46,8 @@ class ReleaseResult:
 
 
 def read_bundle_manifest(bundle: Path, what: str = "bundle") -> dict[str, Any]:
-    """The manifest of a bundle folder; a missing or foreign folder is a :class:`BundleError`."""
-    path = bundle / "manifest.json"
-    if not bundle.is_dir():
-        msg = f"{what} {bundle} is not a folder; pass the folder a release wrote (it holds manifest.json)"
-        raise BundleError(msg)
-    if not path.is_file():
-        msg = f"{what} {bundle} has no manifest.json; pass the folder a release wrote"
-        raise BundleError(msg)
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        msg = f"{path} is not valid JSON ({err}); the {what} is damaged"
-        raise BundleError(msg) from err
-    if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT:
-        msg = f"{path} is not a release manifest of format {BUNDLE_FORMAT}; pass a bundle written by compressor release"
-        raise BundleError(msg)
-    return manifest
+    """The manifest of a bundle folder, its shape checked; a missing, foreign or damaged one is a BundleError."""
+    return readers.read_bundle_manifest(bundle, BUNDLE_FORMAT, what)
 
 
 def benchmark_rows(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,12 +4,18 @@ A gate names the artifacts (stage names) it applies to and is checked against th
 benchmark stages measured (``stage``, ``format``, ``precision``, ``backend``, ``batch``, ``target``,
 ``top1``, ``median_ms``, ``p90_ms``, ``size_bytes``). A gate with no row to check fails: a release
 never passes on a measurement that was not made.
+
+Every accuracy a gate compares is given with a 95% interval computed on the images both rows saw
+(see :mod:`compressor.metrics.stats`), every latency with the bootstrap interval of its statistic,
+and each gate decides by its ``decide`` mode: ``point`` (the estimate alone), ``confident`` (fail
+only when the whole interval is on the wrong side: noise never fails a gate) or ``strict`` (pass only
+when the whole interval is on the right side: noise never passes one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -17,9 +23,28 @@ from pydantic import Field, model_validator
 from compressor.core.config import Strict
 from compressor.errors import Problem, did_you_mean
 from compressor.metrics.names import measured
+from compressor.metrics.stats import (
+    DEFAULT_LEVEL,
+    Decide,
+    Interval,
+    accuracy_of,
+    drop_interval,
+    images_for_floor,
+    images_needed,
+    images_to_pass_strict,
+    latency_interval,
+    paired_outcomes,
+    retained_interval,
+    t_value,
+)
+from compressor.metrics.stats import (
+    decide as decide_by,
+)
 
 Statistic = Literal["median", "p90", "p99"]
 DEFAULT_TARGET = "local"
+DEFAULT_DECIDE: Decide = "confident"
+OverSeeds = Literal["mean", "worst"]
 MB = 1_000_000
 
 
@@ -32,6 +57,12 @@ class GateBase(Strict):
     format: str | None = Field(None, description="Only rows of this format (model, onnx, openvino, tflite).")
     backend: str | None = Field(None, description="Only rows measured with this runtime backend.")
     batch: int | None = Field(None, ge=1, description="Only rows of this batch size.")
+    decide: Decide | None = Field(
+        None, description="point: the estimate alone; confident: fail only when the whole 95% interval is "
+        "past the threshold; strict: pass only when the whole interval is within it (default: gates.decide).")
+    over_seeds: OverSeeds | None = Field(
+        None, description="Runs under several seeds: mean decides the seeds' mean; worst fails when any "
+        "seed fails (default: gates.over_seeds).")
 
     needs_teacher: ClassVar[bool] = False
     needs_rows: ClassVar[bool] = True
@@ -132,7 +163,15 @@ class GateSet(Strict):
     teacher: str | None = Field(None, description="Stage of the reference model for drop and speed-up gates.")
     ship: list[str] | None = Field(
         None, min_length=1, description="Stages whose artifacts go into a release bundle (default: those gates name).")
+    decide: Decide = Field(
+        DEFAULT_DECIDE, description="Default decide mode of every check: point, confident (noise never fails "
+        "a gate) or strict (noise never passes one; the release mode).")
+    over_seeds: OverSeeds = Field("worst", description="Default over_seeds of every check (runs with seeds).")
+    confidence: float = Field(DEFAULT_LEVEL, ge=0.5, lt=1, description="Level of the intervals gates decide by.")
     checks: list[Gate] = Field(min_length=1)
+
+    def mode(self, gate: GateBase) -> Decide:
+        return gate.decide or self.decide
 
     def shipped(self) -> list[str]:
         """Stage names whose artifacts a release bundle holds, in order, without duplicates."""
@@ -202,7 +241,11 @@ def reference_problems(gates: GateSet, kinds: dict[str, str], measured_by: dict[
 
 @dataclass(frozen=True)
 class GateResult:
-    """One line of the gate table."""
+    """One line of the gate table.
+
+    ``value``/``low``/``high``: the estimate and its interval in the threshold's unit (None: not
+    measured, or no interval); ``n``: the images (queries, timing samples) behind the interval.
+    """
 
     gate: str
     type: str
@@ -212,6 +255,17 @@ class GateResult:
     measured: str
     status: Literal["pass", "fail", "skipped"]
     note: str = ""
+    decide: str = DEFAULT_DECIDE
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    method: str | None = None
+    needed: int | None = None
+    limit: float | None = None
+    upper: bool | None = None
+    seeds: list[dict[str, Any]] | None = None
+    check: int = -1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -252,6 +306,33 @@ def _accuracy_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+@dataclass(frozen=True)
+class _Measure:
+    """What a check measured: the estimate, its interval (None: none known) and how it was shown."""
+
+    value: float
+    interval: Interval | None
+    unit: str
+    fmt: str = "{:+.2f}"
+
+    def text(self) -> str:
+        shown = self.fmt.format(self.value)
+        if self.interval is not None and self.interval.method != "exact":
+            half = self.interval.half_width
+            return f"{shown} ± {abs(half):.2f}{self.unit}" if self.unit != "x" else f"x{self.value:.2f} ± {half:.2f}"
+        return f"x{self.value:.2f}" if self.unit == "x" else f"{shown}{self.unit}"
+
+
+def _ratio_interval(num: Interval | None, den: Interval | None, value: float, factor: float = 1.0,
+                    offset: float = 0.0) -> Interval | None:
+    """Interval of factor * num / den + offset from two independent intervals (bounds crossed:
+    conservative); used for speed-ups and latency changes."""
+    if num is None or den is None or num.low <= 0 or den.low <= 0:
+        return None
+    return Interval(value, factor * num.low / den.high + offset, factor * num.high / den.low + offset,
+                    min(num.n, den.n), "bootstrap ratio")
+
+
 class _Evaluator:
     def __init__(self, gates: GateSet, rows: list[dict[str, Any]], sizes: dict[str, int],
                  baseline_rows: list[dict[str, Any]] | None):
@@ -260,12 +341,34 @@ class _Evaluator:
         self.sizes = sizes
         self.baseline = {_row_key(r): r for r in baseline_rows} if baseline_rows is not None else None
         self.results: list[GateResult] = []
+        self.level = gates.confidence
+        self.check_index = -1
 
     def add(self, gate: GateBase, artifact: str, where: str, threshold: str, measured: str, ok: bool | None,
-            note: str = "") -> None:
+            note: str = "", measure: _Measure | None = None, needed: int | None = None,
+            limit: float | None = None, upper: bool | None = None) -> None:
         status: Literal["pass", "fail", "skipped"] = "skipped" if ok is None else "pass" if ok else "fail"
-        self.results.append(GateResult(gate.label, str(getattr(gate, "type", "")), artifact, where, threshold,
-                                       measured, status, note))
+        iv = measure.interval if measure is not None else None
+        self.results.append(GateResult(
+            gate.label, str(getattr(gate, "type", "")), artifact, where, threshold, measured, status, note,
+            self.gates.mode(gate), measure.value if measure is not None else None,
+            iv.low if iv is not None else None, iv.high if iv is not None else None,
+            iv.n if iv is not None else None, iv.method if iv is not None else None, needed, limit, upper,
+            check=self.check_index))
+
+    def judge(self, gate: GateBase, artifact: str, where: str, threshold: str, measure: _Measure, limit: float,
+              upper: bool, note: str = "", needed: int | None = None) -> None:
+        """Decide ``measure`` against ``limit`` (a ceiling when ``upper``) by the gate's mode, and record it."""
+        mode = self.gates.mode(gate)
+        iv = measure.interval
+        ok = decide_by(measure.value, iv.low if iv else None, iv.high if iv else None, limit, upper, mode)
+        notes = [note] if note else []
+        if iv is None and mode == "strict":
+            notes.append("no interval recorded: strict cannot pass it (re-run the benchmark)")
+        elif iv is not None and not (iv.high <= limit + 1e-9 if upper else iv.low >= limit - 1e-9) and \
+                not (iv.low > limit if upper else iv.high < limit):
+            notes.append(f"undecided: the {self.level:.0%} interval [{iv.low:.2f}, {iv.high:.2f}] spans the threshold")
+        self.add(gate, artifact, where, threshold, measure.text(), ok, "; ".join(notes), measure, needed, limit, upper)
 
     def teacher_row(self, row: dict[str, Any], timing: bool, reference: str | None) -> dict[str, Any] | None:
         """The reference's row in the same benchmark stage (same images). For timing: same batch and
@@ -277,7 +380,8 @@ class _Evaluator:
         return same[0] if same else None if timing else next(iter(candidates), None)
 
     def run(self) -> list[GateResult]:
-        for gate in self.gates.checks:
+        for index, gate in enumerate(self.gates.checks):
+            self.check_index = index
             for artifact in gate.artifacts:
                 if isinstance(gate, MaxSize):
                     self.size(gate, artifact)
@@ -304,8 +408,17 @@ class _Evaluator:
         size = self.sizes.get(artifact)
         if size is None:
             self.add(gate, artifact, "files", f"<= {gate.max_mb:g} MB", "not measured", False, "no files recorded")
-        else:
-            self.add(gate, artifact, "files", f"<= {gate.max_mb:g} MB", f"{size / MB:.3f} MB", size <= gate.max_mb * MB)
+            return
+        mb = size / MB  # an exact count of bytes: its interval is the value itself
+        self.judge(gate, artifact, "files", f"<= {gate.max_mb:g} MB",
+                   _Measure(mb, Interval(mb, mb, mb, 1, "exact"), " MB", "{:.3f}"), gate.max_mb, True)
+
+    def latency(self, row: dict[str, Any], statistic: str) -> _Measure:
+        return _Measure(float(row[f"{statistic}_ms"]), latency_interval(row, statistic), " ms", "{:.3f}")
+
+    def noisy(self, *rows: dict[str, Any]) -> str:
+        flagged = list(dict.fromkeys(f"{r.get('stage')} cv {r.get('cv')}" for r in rows if r.get("noisy")))
+        return f"noisy timing ({', '.join(flagged)})" if flagged else ""
 
     def check(self, gate: GateBase, artifact: str, row: dict[str, Any]) -> None:
         metric = getattr(gate, "metric", None)
@@ -315,29 +428,38 @@ class _Evaluator:
                      f"the row has no {metric}; it has {', '.join(have) or 'no accuracy'} (set the gate's metric)")
             return
         if isinstance(gate, MinAccuracy):
+            iv = accuracy_of(row, gate.metric, self.level)
             value = float(row[gate.metric])
-            self.add(gate, artifact, _where(row, False), f"{gate.metric} >= {gate.min:g}%", f"{value:.2f}%",
-                     value >= gate.min)
+            need = images_for_floor(gate.min, self.level)
+            note = ""
+            if iv is not None and need is not None and iv.n < need:
+                note = (f"{iv.n} images cannot pass strict at {gate.min:g}% even with all right: "
+                        f"needs >= {need}")
+            self.judge(gate, artifact, _where(row, False), f"{gate.metric} >= {gate.min:g}%",
+                       _Measure(value, iv, "%", "{:.2f}"), gate.min, False, note, need)
         elif isinstance(gate, MaxLatency):
-            value = float(row[f"{gate.statistic}_ms"])
-            self.add(gate, artifact, _where(row), f"{gate.statistic} <= {gate.max_ms:g} ms", f"{value:.3f} ms",
-                     value <= gate.max_ms)
+            self.judge(gate, artifact, _where(row), f"{gate.statistic} <= {gate.max_ms:g} ms",
+                       self.latency(row, gate.statistic), gate.max_ms, True, self.noisy(row))
         elif isinstance(gate, MaxTop1Drop):
             self.top1_drop(gate, artifact, row)
         elif isinstance(gate, MinSpeedup):
-            ref = gate.reference(self.gates.teacher)
-            teacher = self.teacher_row(row, timing=True, reference=ref)
-            threshold = f"x{gate.min:g} vs {ref} ({gate.statistic})"
-            if teacher is None:
-                self.add(gate, artifact, _where(row), threshold, "no reference row", False,
-                         f"reference {ref} has no batch {row.get('batch')} row in {row.get('bench')}")
-                return
-            mine, theirs = float(row[f"{gate.statistic}_ms"]), float(teacher[f"{gate.statistic}_ms"])
-            speedup = theirs / mine if mine > 0 else float("inf")
-            self.add(gate, artifact, _where(row), threshold, f"x{speedup:.2f}", speedup >= gate.min,
-                     f"{theirs:.3f} ms -> {mine:.3f} ms")
+            self.speedup(gate, artifact, row)
         elif isinstance(gate, MaxRegression):
             self.regression(gate, artifact, row)
+
+    def speedup(self, gate: MinSpeedup, artifact: str, row: dict[str, Any]) -> None:
+        ref = gate.reference(self.gates.teacher)
+        teacher = self.teacher_row(row, timing=True, reference=ref)
+        threshold = f"x{gate.min:g} vs {ref} ({gate.statistic})"
+        if teacher is None:
+            self.add(gate, artifact, _where(row), threshold, "no reference row", False,
+                     f"reference {ref} has no batch {row.get('batch')} row in {row.get('bench')}")
+            return
+        mine, theirs = self.latency(row, gate.statistic), self.latency(teacher, gate.statistic)
+        speedup = theirs.value / mine.value if mine.value > 0 else float("inf")
+        iv = _ratio_interval(theirs.interval, mine.interval, speedup)
+        note = "; ".join(x for x in (f"{theirs.value:.3f} ms -> {mine.value:.3f} ms", self.noisy(row, teacher)) if x)
+        self.judge(gate, artifact, _where(row), threshold, _Measure(speedup, iv, "x"), gate.min, False, note)
 
     def top1_drop(self, gate: MaxTop1Drop, artifact: str, row: dict[str, Any]) -> None:
         ref = gate.reference(self.gates.teacher)
@@ -358,15 +480,47 @@ class _Evaluator:
             return
         mine, theirs = float(row[gate.metric]), float(teacher[gate.metric])
         elsewhere = f" (teacher on {row_target(teacher)})" if row_target(teacher) != row_target(row) else ""
+        note = f"{theirs:.2f}% -> {mine:.2f}%{elsewhere}"
         if gate.max_drop is not None:
-            drop = theirs - mine
-            self.add(gate, artifact, _where(row, False), threshold, f"{drop:+.2f} pt", drop <= gate.max_drop + 1e-9,
-                     f"{theirs:.2f}% -> {mine:.2f}%{elsewhere}")
+            iv = drop_interval(teacher, row, gate.metric, self.level)
+            limit = gate.max_drop
+            measure = _Measure(theirs - mine, iv, " pt")
+            self.judge(gate, artifact, _where(row, False), threshold, measure, limit, True,
+                       self.small_sample(note, iv, limit, teacher, row, gate.metric), self.needed(iv, limit))
         else:
             assert gate.min_retained_pct is not None
             kept = 100.0 * mine / theirs if theirs > 0 else 100.0
-            self.add(gate, artifact, _where(row, False), threshold, f"{kept:.2f}%",
-                     kept >= gate.min_retained_pct - 1e-9, f"{theirs:.2f}% -> {mine:.2f}%{elsewhere}")
+            iv = retained_interval(teacher, row, gate.metric, self.level)
+            # the same floor as a drop in points, to say how many images could ever decide it
+            limit_pt = theirs * (1 - gate.min_retained_pct / 100)
+            drop_iv = drop_interval(teacher, row, gate.metric, self.level)
+            self.judge(gate, artifact, _where(row, False), threshold, _Measure(kept, iv, "%", "{:.2f}"),
+                       gate.min_retained_pct, False,
+                       self.small_sample(note, drop_iv, limit_pt, teacher, row, gate.metric),
+                       self.needed(drop_iv, limit_pt))
+
+    def needed(self, iv: Interval | None, limit_pt: float) -> int | None:
+        return images_to_pass_strict(limit_pt, self.level) if iv is not None else None
+
+    def small_sample(self, note: str, iv: Interval | None, limit_pt: float, teacher: dict[str, Any],
+                     row: dict[str, Any], metric: str) -> str:
+        """The note of a drop gate, plus what its sample size can decide at this threshold."""
+        if iv is None:
+            return note
+        parts = [note, f"{iv.low:+.2f} .. {iv.high:+.2f} pt"]
+        floor = images_to_pass_strict(limit_pt, self.level)
+        if floor is not None and iv.n < floor:
+            parts.append(f"{iv.n} images cannot pass strict at {limit_pt:.2g} pt even with no image changed: "
+                         f"needs >= {floor}")
+        elif iv.low <= limit_pt < iv.high:
+            pair = paired_outcomes(teacher, row, metric)
+            if pair is not None and metric in ("top1", "top5"):
+                ref, mine = pair
+                more = images_needed(float((ref > mine).mean()), float((mine > ref).mean()), limit_pt,
+                                     level=self.level)
+                if more is not None:
+                    parts.append(f"about {more} images would decide it at the observed changes")
+        return "; ".join(parts)
 
     def regression(self, gate: MaxRegression, artifact: str, row: dict[str, Any]) -> None:
         assert self.baseline is not None
@@ -375,20 +529,25 @@ class _Evaluator:
             self.add(gate, artifact, _where(row), "-", "-", None, "not in the baseline release")
             return
         if gate.max_top1_drop is not None:
+            iv = drop_interval(base, row, "top1", self.level)
             drop = float(base["top1"]) - float(row["top1"])
-            self.add(gate, artifact, _where(row), f"top-1 drop <= {gate.max_top1_drop:g} pt vs baseline",
-                     f"{drop:+.2f} pt", drop <= gate.max_top1_drop + 1e-9, f"{base['top1']:.2f}% -> {row['top1']:.2f}%")
+            self.judge(gate, artifact, _where(row), f"top-1 drop <= {gate.max_top1_drop:g} pt vs baseline",
+                       _Measure(drop, iv, " pt"), gate.max_top1_drop, True,
+                       f"{base['top1']:.2f}% -> {row['top1']:.2f}%" + (f" ({iv.method})" if iv else ""))
         if gate.max_latency_increase_pct is not None:
-            key = f"{gate.statistic}_ms"
-            change = 100.0 * (float(row[key]) / float(base[key]) - 1.0) if float(base[key]) > 0 else 0.0
-            self.add(gate, artifact, _where(row), f"{gate.statistic} +<= {gate.max_latency_increase_pct:g}% vs baseline",
-                     f"{change:+.1f}%", change <= gate.max_latency_increase_pct + 1e-9,
-                     f"{float(base[key]):.3f} ms -> {float(row[key]):.3f} ms")
+            now, then = self.latency(row, gate.statistic), self.latency(base, gate.statistic)
+            change = 100.0 * (now.value / then.value - 1.0) if then.value > 0 else 0.0
+            iv = _ratio_interval(now.interval, then.interval, change, 100.0, -100.0)
+            note = "; ".join(x for x in (f"{then.value:.3f} ms -> {now.value:.3f} ms", self.noisy(row, base)) if x)
+            self.judge(gate, artifact, _where(row),
+                       f"{gate.statistic} +<= {gate.max_latency_increase_pct:g}% vs baseline",
+                       _Measure(change, iv, "%", "{:+.1f}"), gate.max_latency_increase_pct, True, note)
         if gate.max_size_increase_pct is not None:
             old, new = int(base["size_bytes"]), int(row["size_bytes"])
             change = 100.0 * (new / old - 1.0) if old > 0 else 0.0
-            self.add(gate, artifact, _where(row), f"size +<= {gate.max_size_increase_pct:g}% vs baseline",
-                     f"{change:+.1f}%", change <= gate.max_size_increase_pct + 1e-9, f"{old} -> {new} bytes")
+            self.judge(gate, artifact, _where(row), f"size +<= {gate.max_size_increase_pct:g}% vs baseline",
+                       _Measure(change, Interval(change, change, change, 1, "exact"), "%", "{:+.1f}"),
+                       gate.max_size_increase_pct, True, f"{old} -> {new} bytes")
 
 
 def evaluate_gates(gates: GateSet, rows: list[dict[str, Any]], sizes: dict[str, int],
@@ -403,12 +562,15 @@ def evaluate_gates(gates: GateSet, rows: list[dict[str, Any]], sizes: dict[str, 
 
 
 def gate_table(results: list[GateResult]) -> str:
-    """The gate table as Markdown: gate, artifact, where, threshold, measured, result."""
-    lines = ["| gate | artifact | measured on | threshold | measured | result | note |",
-             "|---|---|---|---|---|---|---|"]
+    """The gate table as Markdown: gate, artifact, where, threshold, measured (± half-width of the 95%
+    interval), n, decide mode, result."""
+    lines = ["| gate | artifact | measured on | threshold | measured (± 95%) | n | decide | result | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         mark = {"pass": "PASS", "fail": "**FAIL**", "skipped": "skipped"}[r.status]
-        lines.append(f"| {r.gate} | {r.artifact} | {r.measured_on} | {r.threshold} | {r.measured} | {mark} | {r.note} |")
+        n = str(r.n) if r.n is not None and r.method != "exact" else "-"
+        lines.append(f"| {r.gate} | {r.artifact} | {r.measured_on} | {r.threshold} | {r.measured} | {n} | "
+                     f"{r.decide} | {mark} | {r.note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -418,3 +580,60 @@ def summary(results: list[GateResult]) -> str:
     skipped = sum(r.status == "skipped" for r in results)
     text = f"gates: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     return text
+
+
+def combine_seeds(gates: GateSet, per_seed: dict[int, list[GateResult]]) -> list[GateResult]:
+    """One result per check and row over several seeds' runs, by each check's ``over_seeds``:
+    ``worst`` fails when any seed fails (the worst seed's line is shown); ``mean`` decides the mean
+    of the seeds' estimates by the gate's decide mode, with an interval whose half-width joins the
+    seeds' mean half-width (the images' noise, which averaging over seeds on the same images does not
+    shrink) and Student's t interval of the mean over seeds (the training noise), in quadrature."""
+    grouped: dict[tuple[Any, ...], list[tuple[int, GateResult]]] = {}
+    for seed, results in per_seed.items():
+        for r in results:
+            grouped.setdefault((r.check, r.artifact, r.measured_on, r.threshold), []).append((seed, r))
+    combined = []
+    for (check, *_), items in grouped.items():
+        gate = gates.checks[check] if 0 <= check < len(gates.checks) else None
+        how = (gate.over_seeds if gate is not None else None) or gates.over_seeds
+        per = [{"seed": s, "status": r.status, "value": r.value, "low": r.low, "high": r.high, "measured": r.measured}
+               for s, r in items]
+        missing = sorted(set(per_seed) - {s for s, _ in items})
+        values = [r.value for _, r in items]
+        first = items[0][1]
+        if how == "mean" and not missing and all(v is not None for v in values) and first.limit is not None:
+            mean = sum(v for v in values if v is not None) / len(values)
+            sd = (sum((v - mean) ** 2 for v in values if v is not None) / max(1, len(values) - 1)) ** 0.5
+            bounds = [(r.low, r.high) for _, r in items]
+            low = high = None
+            if all(lo is not None and hi is not None for lo, hi in bounds):
+                images = sum((hi - lo) / 2 for lo, hi in bounds if lo is not None and hi is not None) / len(bounds)
+                seeds = t_value(len(values) - 1, gates.confidence) * sd / len(values) ** 0.5 if len(values) > 1 else 0.0
+                half_width = (images**2 + seeds**2) ** 0.5
+                low, high = mean - half_width, mean + half_width
+            ok = decide_by(mean, low, high, first.limit, bool(first.upper), first.decide)  # type: ignore[arg-type]
+            half = f" ± {(high - low) / 2:.2f}" if low is not None and high is not None else ""
+            combined.append(replace(first, measured=f"{mean:.2f}{half} (mean of {len(values)} seeds, sd {sd:.2f})",
+                                    status="pass" if ok else "fail", value=mean, low=low, high=high, seeds=per,
+                                    note=f"over_seeds: mean; {first.note}".rstrip("; ")))
+            continue
+        bad = [r for _, r in items if r.status == "fail"]
+        if bad or missing:
+            worst = bad[0] if bad else first
+            why = f"not measured under seed(s) {', '.join(map(str, missing))}" if missing else ""
+            seed_of = next(s for s, r in items if r is worst)
+            note = "; ".join(x for x in (f"over_seeds: worst (seed {seed_of} of {len(per_seed)})", why, worst.note) if x)
+            combined.append(replace(worst, status="fail", seeds=per, note=note))
+        else:
+            worst = max((r for _, r in items), key=lambda r: _badness(r))
+            seed_of = next(s for s, r in items if r is worst)
+            note = "; ".join(x for x in (f"over_seeds: worst (seed {seed_of} of {len(per_seed)})", worst.note) if x)
+            combined.append(replace(worst, seeds=per, note=note))
+    return combined
+
+
+def _badness(result: GateResult) -> float:
+    """How close a passing result came to its threshold (higher: worse)."""
+    if result.value is None or result.limit is None:
+        return 0.0
+    return result.value - result.limit if result.upper else result.limit - result.value

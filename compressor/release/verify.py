@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import ValidationError
+
 from compressor.core.artifacts import sha256_file
 from compressor.core.data import DataModule
-from compressor.errors import BackendError, CompressorError, DataError, MissingExtraError, VerifyFailed
+from compressor.errors import (
+    BackendError,
+    BundleError,
+    CompressorError,
+    DataError,
+    MissingExtraError,
+    VerifyFailed,
+)
 from compressor.release.bundle import array_sha256, read_bundle_manifest
 
 
@@ -47,12 +56,21 @@ def file_problems(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _first(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
 def _embedding_task(manifest: dict[str, Any]) -> Any:
     from compressor.core.config import EmbeddingConfig
     from compressor.metrics.evaluation import Task
 
     recipe = manifest["recipe"]
-    emb = EmbeddingConfig.model_validate(recipe.get("embedding") or {})
+    try:
+        emb = EmbeddingConfig.model_validate(recipe.get("embedding") or {})
+    except ValidationError as err:
+        msg = f"the bundle's manifest.json records embedding settings that do not validate: {_first(err)}"
+        raise BundleError(msg) from None
     seed = emb.split_seed if emb.split_seed is not None else int(recipe["seed"])
     return Task(kind="embedding", embedding=emb, seed=seed)
 
@@ -65,8 +83,12 @@ def _load_data(manifest: dict[str, Any], data_path: Path | None) -> DataModule:
     if data_path is not None:
         settings["path"] = str(data_path)
     try:
-        return load_data(DataConfig.model_validate(settings), int(manifest["recipe"]["seed"]),
-                         open_set=manifest["recipe"].get("task") == "embedding")
+        config = DataConfig.model_validate(settings)
+    except ValidationError as err:
+        msg = f"the bundle's manifest.json records data settings that do not validate: {_first(err)}"
+        raise BundleError(msg) from None
+    try:
+        return load_data(config, int(manifest["recipe"]["seed"]), open_set=manifest["recipe"].get("task") == "embedding")
     except DataError as err:
         msg = f"cannot re-create the recorded data slice: {err}. Pass the data's folder with --data"
         raise DataError(msg) from err

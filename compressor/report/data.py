@@ -14,6 +14,7 @@ from typing import Any
 from compressor.errors import CompressorError
 from compressor.metrics.names import headline_key
 from compressor.metrics.names import label as metric_label
+from compressor.metrics.stats import drop_interval
 
 # Keys that identify "the same measurement" in two runs.
 ROW_KEY = ("target", "stage", "format", "precision", "backend", "batch", "mode")
@@ -59,6 +60,7 @@ def load_run(folder: Path) -> RunData:
             cfg = stage_cfgs.get(st["name"], {})
             budget = float(cfg.get("accuracy_budget", budget))
             teacher = cfg.get("teacher") or teacher
+        mark_int8_vs_fp32(rows)
         recipe = manifest.get("recipe") or {}
         metric = (recipe.get("embedding") or {}).get("metric") if recipe.get("task") == "embedding" else None
         return RunData(folder, rows, targets, manifest, budget, teacher, manifest.get("environment"), metric)
@@ -68,6 +70,7 @@ def load_run(folder: Path) -> RunData:
         if "rows" not in doc:
             msg = f"{results_path} has no rows; pass a run folder written by 'compressor run' or 'compressor bench'"
             raise CompressorError(msg)
+        mark_int8_vs_fp32(doc["rows"])
         return RunData(folder, doc["rows"], doc.get("targets", []), None, float(doc.get("accuracy_budget", 1.0)),
                        doc.get("teacher"), doc.get("environment"))
     msg = (f"{folder} has no manifest.json or results.json; pass the output folder of a run "
@@ -102,6 +105,50 @@ def accuracy_key(rows: list[dict[str, Any]]) -> str:
     return headline_key(rows) or "top1"
 
 
+# What makes two rows "the same runtime": where and how they were measured.
+_SAME_RUNTIME = ("target", "backend", "batch", "mode", "device")
+
+
+def _same_runtime(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in _SAME_RUNTIME) and a.get("format") == b.get("format")
+
+
+def fp32_counterpart(row: dict[str, Any], rows: list[dict[str, Any]], source: str | None = None) -> dict[str, Any] | None:
+    """The FP32 row measured in the same runtime (target, backend, batch, mode, device, format) as ``row``
+    from the same PyTorch model (``source``: another model's id, e.g. the teacher's; default the row's own).
+    Rows that do not record their source match only when they are the one FP32 row of that runtime."""
+    want = source if source is not None else row.get("source")
+    same = [r for r in rows if r is not row and r.get("status") == "ok" and r.get("precision") == "fp32"
+            and isinstance(r.get("median_ms"), int | float) and _same_runtime(r, row)]
+    if want is not None:
+        mine = [r for r in same if r.get("source") == want]
+        if mine or any(r.get("source") for r in same):
+            return mine[0] if mine else None
+    return same[0] if len(same) == 1 and source is None else None
+
+
+def mark_int8_vs_fp32(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every measured INT8 row its FP32 counterpart in the same runtime (``fp32_stage``,
+    ``fp32_median_ms``, ``int8_speedup``) and ``slower_than_fp32`` when INT8 is slower: a slower INT8 model
+    is never shipped silently (the tables mark it, as Ultralytics marks a failed format). Returns the rows
+    marked slower."""
+    slower = []
+    for r in rows:
+        if r.get("precision") != "int8" or r.get("status") != "ok" or not isinstance(r.get("median_ms"), int | float):
+            continue
+        if r.get("emulated"):
+            continue  # emulated latencies are never judged
+        ref = fp32_counterpart(r, rows)
+        if ref is None or not r["median_ms"]:
+            continue
+        r["fp32_stage"], r["fp32_median_ms"] = ref["stage"], ref["median_ms"]
+        r["int8_speedup"] = round(ref["median_ms"] / r["median_ms"], 2)
+        r["slower_than_fp32"] = r["median_ms"] > ref["median_ms"]
+        if r["slower_than_fp32"]:
+            slower.append(r)
+    return slower
+
+
 def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
     """Per native target: the fastest row within the accuracy budget, its speed-up and accuracy loss."""
     budget = run.budget if budget is None else budget
@@ -130,10 +177,23 @@ def answer(run: RunData, budget: float | None = None) -> dict[str, Any]:
         if ref is not None and best["median_ms"]:
             entry["speedup"] = round(ref["median_ms"] / best["median_ms"], 2)
             entry["teacher_ms"] = ref["median_ms"]
+        if ref is not None and best["median_ms"] and best.get("format") != "model":
+            # the teacher exported to the winner's runtime, FP32: what the compression itself bought there
+            own = best.get("precision") == "fp32" and best.get("source") and best.get("source") == ref.get("source")
+            twin = best if own else fp32_counterpart(best, rows, source=ref.get("source") or "")
+            if twin is not None:
+                entry.update(runtime_speedup=round(twin["median_ms"] / best["median_ms"], 2),
+                             runtime_teacher_ms=twin["median_ms"], runtime_teacher_stage=twin["stage"])
         if top1_ref is not None and best.get(key) is not None:
             entry["loss_pt"] = round(top1_ref - best[key], 2)
+            reference = ref or (teacher_rows[0] if teacher_rows else None)
+            interval = drop_interval(reference, best, key) if reference is not None else None
+            if interval is not None:  # on the same images: the gates' paired interval
+                entry["loss_ci"] = [round(interval.low, 2), round(interval.high, 2)]
+                entry["loss_n"] = interval.n
         per_target[target] = entry
-    return {"budget": budget, "teacher": teacher, "targets": per_target, "metric": key}
+    slower = [r for r in run.rows if r.get("slower_than_fp32")]
+    return {"budget": budget, "teacher": teacher, "targets": per_target, "metric": key, "int8_slower": slower}
 
 
 def _what(row: dict[str, Any]) -> str:
@@ -154,17 +214,36 @@ def answer_lines(ans: dict[str, Any]) -> list[str]:
             continue
         r = e["row"]
         fastest.append(f"{target}: {_what(r)} at {r['median_ms']:.3f} ms")
-        speed.append(f"{target} {e['speedup']:.2f}x ({e['teacher_ms']:.3f} → {r['median_ms']:.3f} ms)"
-                     if "speedup" in e else f"{target}: teacher not measured there")
-        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r[key]:.2f})"
+        speed.append(_speed_text(target, e, r))
+        spread = (f" ± {(e['loss_ci'][1] - e['loss_ci'][0]) / 2:.2f}, 95% over {e['loss_n']}"
+                  if "loss_ci" in e else "")
+        loss.append(f"{target} {e['loss_pt']:+.2f} pt ({e['teacher_top1']:.2f} → {r[key]:.2f}{spread})"
                     if "loss_pt" in e else f"{target}: no accuracy measured")
     teacher = ans["teacher"] or "none found"
+    slower = [f"`{r['stage']}` ({r['format']}, {r['backend']}, batch {r['batch']}) {r['int8_speedup']:.2f}x vs "
+              f"`{r['fp32_stage']}` ({r['fp32_median_ms']:.3f} → {r['median_ms']:.3f} ms)"
+              for r in ans.get("int8_slower", [])]
+    extra = ["4. **❎ INT8 slower than its FP32 in the same runtime:** " + "; ".join(slower)] if slower else []
     return [
         f"1. **Fastest within the accuracy budget** ({label} at most {ans['budget']:g} pt below teacher "
         f"`{teacher}`): " + ("; ".join(fastest) or "no measured rows"),
         "2. **Speed-up over the teacher:** " + ("; ".join(speed) or "-"),
         "3. **Accuracy loss:** " + ("; ".join(loss) or "-"),
+        *extra,
     ]
+
+
+def _speed_text(target: str, e: dict[str, Any], r: dict[str, Any]) -> str:
+    """Both speed-ups: over the teacher in PyTorch eager, and over the teacher exported FP32 to the same runtime."""
+    if "speedup" not in e:
+        return f"{target}: teacher not measured there"
+    text = f"{target} {e['speedup']:.2f}x over PyTorch eager ({e['teacher_ms']:.3f} → {r['median_ms']:.3f} ms)"
+    if r.get("format") == "model":
+        return text
+    if "runtime_speedup" in e:
+        return (text + f", {e['runtime_speedup']:.2f}x over the teacher's FP32 {r['backend']} "
+                f"`{e['runtime_teacher_stage']}` ({e['runtime_teacher_ms']:.3f} → {r['median_ms']:.3f} ms)")
+    return text + f", teacher's FP32 {r['backend']} not measured (add its export to the benchmark inputs)"
 
 
 def compare(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], latency_tol_pct: float,

@@ -11,7 +11,7 @@ from compressor.metrics.names import label as metric_label
 from compressor.report.data import accuracy_key, ok_latency_rows, row_key
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as err:
@@ -56,7 +56,7 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     key = accuracy_key(rows)
     cur = [r for r in ok_latency_rows(rows) if r.get(key) is not None]
     if not cur:
@@ -151,7 +151,7 @@ def place_labels(ax: Any, points: list[tuple[float, float]], labels: list[str], 
 
 
 def size_per_artifact(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     sizes: dict[str, int] = {}
     for r in rows:
         if r.get("size_bytes"):
@@ -201,7 +201,7 @@ def _box(r: dict[str, Any], label: str) -> dict[str, Any] | None:
 
 
 def latency_distribution(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     cur = ok_latency_rows(rows)
     if not cur:
         return None

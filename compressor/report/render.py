@@ -37,6 +37,10 @@ def headline(stage: dict[str, Any]) -> str:
                        ("max_abs_error", "max abs err")):
         if isinstance(m.get(key), int | float):
             parts.append(f"{label} {m[key]:.4g}" if key in ("max_abs_error", "mean_cosine") else f"{label} {m[key]:.2f}")
+    drop = m.get("drop_interval")
+    if isinstance(drop, dict) and drop.get("value") is not None:
+        half = (drop["high"] - drop["low"]) / 2
+        parts.append(f"drop vs FP32 {drop['value']:+.2f} ± {half:.2f} pt (95%, {drop['n']} paired)")
     meta = stage.get("artifact", {}).get("meta", {})
     if stage.get("artifact", {}).get("kind") == "model" and meta.get("macs"):
         parts.append(f"MACs {_fmt_int(meta['macs'])}, params {_fmt_int(meta.get('params'))}")

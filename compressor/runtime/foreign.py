@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from compressor.core.artifacts import write_json
+from compressor.core.readers import read_model_file
 from compressor.errors import CompressorError, DataError
+from compressor.runtime.measure import DEFAULT_MAX_CV
 from compressor.runtime.targets import Job, JobArtifact, TargetResult, run_targets, target_row
 
-SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino"}
 INT8_ONNX_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
 
@@ -42,43 +43,27 @@ class ExternalArtifact:
 
 
 def describe_file(path: Path) -> ExternalArtifact:
-    """Format, companion files, precision and (for our ONNX files) class names and preprocessing."""
-    if not path.is_file():
-        msg = f"artifact {path} does not exist"
-        raise CompressorError(msg)
-    fmt = SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        msg = f"{path}: unknown format {path.suffix!r}; compressor bench reads .onnx, .tflite and OpenVINO .xml (+ .bin)"
-        raise CompressorError(msg)
-    files, precision, meta = [path], "unknown", {}
-    if fmt == "openvino":
-        weights = path.with_suffix(".bin")
-        if not weights.is_file():
-            msg = f"{path}: OpenVINO IR needs its weights file {weights.name} next to it"
-            raise CompressorError(msg)
-        files.append(weights)
-        text = path.read_text(errors="replace")
-        precision = "int8" if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text else "fp32"
-    elif fmt == "onnx":
-        try:
-            import onnx
+    """Format, companion files, precision and (for our ONNX files) class names and preprocessing.
 
-            model = onnx.load(str(path), load_external_data=False)
-            ops = {n.op_type for n in model.graph.node}
-            precision = "int8" if ops & INT8_ONNX_OPS else "fp32"
-            for prop in model.metadata_props:
-                if prop.key in ("class_names", "preprocess"):
-                    meta[prop.key] = json.loads(prop.value)
-            files += [path.parent / t.location for t in _external(model)]
-        except ImportError:
-            pass
-    return ExternalArtifact(path.stem, fmt, path, sorted(set(files)), precision, meta)
-
-
-def _external(model: Any) -> list[Any]:
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    return [ExternalDataInfo(t) for t in model.graph.initializer if uses_external_data(t)]
+    The file is decoded completely by its reader first (:mod:`compressor.core.readers`): a file of
+    another kind, a truncated one or a missing companion (.bin, external data) is an error naming it.
+    """
+    info = read_model_file(path)
+    precision = "fp32"
+    meta: dict[str, Any] = {}
+    if info.format == "openvino":
+        precision = "int8" if "FakeQuantize" in info.ops or {"i8", "u8"} & set(info.text.split()) else "fp32"
+    elif info.format == "onnx":
+        precision = "int8" if info.ops & INT8_ONNX_OPS else "fp32"
+        for key in ("class_names", "preprocess"):
+            if key in info.metadata:
+                try:
+                    meta[key] = json.loads(info.metadata[key])
+                except json.JSONDecodeError:
+                    continue  # not ours: benchmark without it
+    elif info.format == "tflite":
+        precision = "unknown"
+    return ExternalArtifact(path.stem, info.format, path, info.files, precision, meta)
 
 
 def labelled_arrays(data: str, preprocess: dict[str, Any], limit: int | None,
@@ -102,12 +87,10 @@ def labelled_arrays(data: str, preprocess: dict[str, Any], limit: int | None,
         images, labels = module.val_arrays(limit)
         return images, labels, list(module.classes)
     from compressor.core.data import FileImages, build_transform, scan_split
+    from compressor.core.readers import check_data_folder
 
-    root = Path(data)
+    root = check_data_folder(Path(data), "--data", need_train=False)
     split = root / "val" if (root / "val").is_dir() else root
-    if not split.is_dir():
-        msg = f"--data {data}: no such folder; pass a folder of class folders (or one holding val/<class>/)"
-        raise DataError(msg)
     size = pre.crop or pre.resize or preprocess.get("input_size")
     if size is None:
         msg = "--preprocess needs resize or crop for an image folder (images differ in size)"
@@ -153,12 +136,12 @@ def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None
         images, labels, _ = labelled_arrays(data, pre, images_limit, class_names)
         log(f"bench: {len(labels)} labelled images from {data}")
     job = Job([JobArtifact(a.name, a.format, a.main, a.files) for a in arts], images, labels,
-              batch_sizes=batch_sizes, modes=modes, **timing)
+              batch_sizes=batch_sizes, modes=modes, **{"max_cv": DEFAULT_MAX_CV, **timing})
     out.mkdir(parents=True, exist_ok=True)
     log(f"bench: {len(arts)} artifact(s) on {', '.join(t.label for t in targets)}")
     with tempfile.TemporaryDirectory(dir=out, prefix="targets-") as tmp:
         results = run_targets(targets, job, Path(tmp))
-    rows = _rows(arts, results)
+    rows = _rows(arts, results, job.labels)
     from compressor.runtime.envinfo import environment
 
     doc = {"rows": rows, "accuracy_budget": budget, "teacher": arts[0].name,
@@ -180,7 +163,8 @@ def run_bench(paths: list[Path], targets: list[Any], out: Path, data: str | None
     return path
 
 
-def _rows(arts: list[ExternalArtifact], results: list[TargetResult]) -> list[dict[str, Any]]:
+def _rows(arts: list[ExternalArtifact], results: list[TargetResult],
+          labels: np.ndarray | None = None) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         # agreement is with the first file's predictions on the same target
@@ -191,7 +175,7 @@ def _rows(arts: list[ExternalArtifact], results: list[TargetResult]) -> list[dic
                     "backend": "-", "batch": None, "size_bytes": sum(f.stat().st_size for f in a.files),
                     "file": str(a.main)}
             for runner_row in result.rows.get(a.name, []):
-                row = target_row(base, result, runner_row, ref)
+                row = target_row(base, result, runner_row, ref, labels)
                 row.setdefault("mode", "latency")
                 rows.append(row)
     return rows

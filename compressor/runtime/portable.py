@@ -104,7 +104,44 @@ def latency_stats(samples_ns: Sequence[int]) -> dict[str, Any]:
         "cv": round(std / mean, 4) if mean > 0 else 0.0,
         # every 5%: enough to draw the distribution without keeping every sample
         "quantiles_ms": [round(float(q), 4) for q in np.percentile(ms, np.linspace(0, 100, 21))],
+        **quantile_intervals(ms),
     }
+
+
+def quantile_intervals(ms: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals of the median, p90 and p99 (``median_ci_ms``, ...), seeded so
+    every machine gives the same; the same resampling as ``compressor.metrics.stats.bootstrap_quantiles``
+    (which this file cannot import; a test holds the two equal)."""
+    keys = ("median", "p90", "p99")
+    if len(ms) < 2:
+        v = round(float(ms[0]), 4) if len(ms) else 0.0
+        return {f"{k}_ci_ms": [v, v] for k in keys}
+    rng = np.random.default_rng(seed)
+    draws = []
+    chunk = max(1, 2_000_000 // len(ms))
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, len(ms), size=(min(chunk, resamples - start), len(ms)))
+        draws.append(np.percentile(ms[idx], [50, 90, 99], axis=1).T)
+    stack = np.concatenate(draws)
+    out = {}
+    for j, key in enumerate(keys):
+        lo, hi = np.percentile(stack[:, j], [2.5, 97.5])
+        out[f"{key}_ci_ms"] = [round(float(lo), 4), round(float(hi), 4)]
+    return out
+
+
+def steady(measure: Callable[[], dict[str, Any]], max_cv: float | None) -> dict[str, Any]:
+    """``measure()``, and once more when its coefficient of variation is above ``max_cv``.
+
+    The second measurement is kept (``first_cv``: the first one's); one still above the limit is marked
+    ``noisy``. ``max_cv`` None: measured once, never marked.
+    """
+    stats = measure()
+    if max_cv is None or float(stats.get("cv", 0.0)) <= max_cv:
+        return {**stats, "remeasured": False, "noisy": False}
+    first = float(stats["cv"])
+    stats = measure()
+    return {**stats, "remeasured": True, "first_cv": first, "noisy": float(stats.get("cv", 0.0)) > max_cv}
 
 
 def time_calls(fn: Callable[[], Any], *, warmup: int, min_iters: int, time_budget_s: float,

@@ -15,9 +15,11 @@ from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
 from compressor.export.agreement import run_batched
 from compressor.metrics.evaluation import task_of
+from compressor.metrics.stats import array_digest
+from compressor.report.data import mark_int8_vs_fp32
 from compressor.report.tables import markdown_table
 from compressor.runtime.backends import BACKENDS, DEFAULT_BACKEND, RuntimeOptions, get_backend
-from compressor.runtime.measure import measure_latency
+from compressor.runtime.measure import DEFAULT_MAX_CV, measure_latency, measure_steady
 from compressor.runtime.targets import (
     CudaTarget,
     EmulatedTarget,
@@ -41,6 +43,9 @@ class BenchmarkConfig(StageConfig):
     min_iters: int = Field(50, ge=1)
     time_budget_s: float = Field(2.0, gt=0, le=3600, description="Keep timing until this many seconds, after min_iters.")
     max_iters: int = Field(10000, ge=1)
+    max_cv: float | None = Field(
+        DEFAULT_MAX_CV, gt=0, description="A row whose latency coefficient of variation (std / mean) is above "
+        "this is measured once more; still above, it is marked noisy (null: measure once).")
     accuracy_images: int | None = Field(None, ge=1, description="Accuracy on an even slice of the val split (default: all).")
     device: str = Field("cpu", description="Device for every backend: cpu, cuda (onnxruntime, pytorch), gpu (openvino).")
     settings: dict[str, dict[str, Any]] = Field(
@@ -71,7 +76,7 @@ def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:
 def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo: dict[str, np.ndarray]) -> np.ndarray | None:
     """Logits of the PyTorch model an artifact came from (itself for a model artifact)."""
     source = art if art.kind == "model" else (Artifact.model_validate(art.meta["source_model"])
-                                              if "source_model" in art.meta else None)
+                                              if art.meta.get("source_model") else None)
     if source is None:
         return None
     if source.id not in memo:
@@ -84,6 +89,22 @@ def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo
     return memo[source.id]
 
 
+def source_id(art: Artifact) -> str | None:
+    """The PyTorch model an artifact came from (itself for a model): rows of one source in one runtime are
+    an artifact and its FP32 counterpart, or the teacher and its export."""
+    if art.kind == "model":
+        return art.id[:12]
+    src = art.meta.get("source_model")
+    return str(src["id"])[:12] if isinstance(src, dict) and src.get("id") else None
+
+
+def _mark_slower_int8(ctx: StageContext, rows: list[dict[str, Any]]) -> None:
+    for r in mark_int8_vs_fp32(rows):
+        ctx.log(f"{ctx.name}: WARNING: INT8 `{r['stage']}` on {r['backend']} b{r['batch']} is slower than its FP32 "
+                f"`{r['fp32_stage']}` in the same runtime ({r['fp32_median_ms']:.3f} → {r['median_ms']:.3f} ms, "
+                f"{r['int8_speedup']:.2f}x)")
+
+
 def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact, backend: str, batch: int,
               images: np.ndarray, labels: np.ndarray, reference: np.ndarray | None,
               teacher: np.ndarray | None = None) -> dict[str, Any]:
@@ -93,7 +114,7 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     size = sum(p.stat().st_size for p in (ctx.cache_root / art.folder).iterdir()
                if p.name in art.files.values())
     row: dict[str, Any] = {
-        "stage": stage, "artifact": art.id[:12], "format": art.meta.get("format", art.kind),
+        "stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": art.meta.get("format", art.kind),
         "precision": art.meta.get("precision", "fp32"), "backend": backend, "device": cfg.device, "batch": batch,
         "size_bytes": size, "macs": art.meta.get("macs"), "params": art.meta.get("params"),
         "status": "ok", "target": "local", "target_type": "local", "mode": "latency", "emulated": False,
@@ -109,13 +130,15 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
         logits = run_batched(session.run, images, fixed)
         task = task_of(ctx)
         row.update(task.row_metrics(logits, labels))
+        row["outcomes"] = task.outcomes(logits, labels)
         if reference is not None:
             row.update(task.agreement(logits, reference))
         if task.is_embedding and teacher is not None and teacher.shape[1:] == logits.shape[1:]:
             row["teacher_cosine"] = task.agreement(logits, teacher)["mean_cosine"]
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
-        stats = measure_latency(lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
-                                time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
+        stats = measure_steady(lambda: measure_latency(
+            lambda: session.run(sample), warmup=cfg.warmup, min_iters=cfg.min_iters,
+            time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters), cfg.max_cv)
         row.update(stats)
         row["throughput_ips"] = round(batch * 1000 / stats["median_ms"], 2) if stats["median_ms"] else None
         row["runtime"] = session.describe()
@@ -123,6 +146,15 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
     except CompressorError as err:
         row.update(status="failed", reason=str(err))
     return row
+
+
+def mark_images(rows: list[dict[str, Any]], images: np.ndarray) -> None:
+    """Name the images every row's outcomes were scored on (a digest), so a row is paired only with rows
+    of the same images: another run's validation subset can have the same labels in the same order."""
+    digest = array_digest(images)
+    for row in rows:
+        if isinstance(row.get("outcomes"), dict):
+            row["outcomes"]["images"] = digest
 
 
 def benchmark_inputs(cfg: BenchmarkConfig, ctx: StageContext) -> list[tuple[str, Artifact]]:
@@ -161,6 +193,8 @@ def run_benchmark(cfg: BenchmarkConfig, ctx: StageContext) -> StageOutput:
                 + (f"{task.label if task.is_embedding else 'top-1'} {row[acc_key]:.2f}, median "
                    f"{row['median_ms']:.3f} ms" if row["status"] == "ok"
                    else f"{row['status']} ({row.get('reason')})"))
+    _mark_slower_int8(ctx, rows)
+    mark_images(rows, images)
     write_json(ctx.out_dir / "results.json", {"rows": rows})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     art = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})
@@ -202,6 +236,7 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
     import torch
 
     from compressor.metrics.classification import agreement, classification_metrics
+    from compressor.metrics.stats import classification_outcomes
 
     model = load_model_artifact(art.meta, art.path(ctx.cache_root, "weights")).cuda().eval()
     rows = []
@@ -215,22 +250,27 @@ def _pytorch_cuda_rows(ctx: StageContext, cfg: Any, stage: str, art: Artifact, b
 
         logits = run_batched(run, images, None)
         row: dict[str, Any] = {
-            "stage": stage, "artifact": art.id[:12], "format": "model", "precision": precision,
+            "stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": "model",
+            "precision": precision,
             "backend": "pytorch", "batch": batch, "size_bytes": artifact_size(ctx, art), "status": "ok",
             "macs": art.meta.get("macs"), "params": art.meta.get("params"),
             "runtime": {"runtime": "pytorch", "version": torch.__version__, "provider": "cuda",
                         "device": torch.cuda.get_device_name(0), "autocast_fp16": precision == "fp16"},
         }
         acc = classification_metrics(logits, labels, len(ctx.data.classes))
-        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"])
+        row.update(top1=acc["top1"], top5=acc["top5"], accuracy_images=acc["images"],
+                   outcomes=classification_outcomes(logits, labels))
         if reference is not None:
             row.update(agreement(logits, reference))
         sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
         def call(s: np.ndarray = sample) -> np.ndarray:
             return run(s)
 
-        row.update(measure_latency(call, warmup=cfg.warmup, min_iters=cfg.min_iters,
-                                   time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters))
+        def timed(c: Any = call) -> dict[str, Any]:
+            return measure_latency(c, warmup=cfg.warmup, min_iters=cfg.min_iters,
+                                   time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters)
+
+        row.update(measure_steady(timed, getattr(cfg, "max_cv", DEFAULT_MAX_CV)))
         rows.append(row)
     return rows
 
@@ -251,7 +291,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
                    for stage, art in runnable],
         images=images, labels=labels, batch_sizes=list(cfg.batch_sizes), modes=list(cfg.modes),
         warmup=cfg.warmup, min_iters=cfg.min_iters, time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters,
-        requests=cfg.requests,
+        requests=cfg.requests, max_cv=getattr(cfg, "max_cv", DEFAULT_MAX_CV),
     )
     results: list[TargetResult] = []
     if job.artifacts:
@@ -262,7 +302,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
     for target in cfg.targets:
         for stage, art in artifacts:
             fmt = art.meta.get("format", art.kind)
-            base = {"stage": stage, "artifact": art.id[:12], "format": fmt,
+            base = {"stage": stage, "artifact": art.id[:12], "source": source_id(art), "format": fmt,
                     "precision": art.meta.get("precision", "fp32"), "backend": "-", "batch": None,
                     "size_bytes": artifact_size(ctx, art), "macs": art.meta.get("macs"),
                     "params": art.meta.get("params"), "target": target.label, "target_type": target.type}
@@ -276,7 +316,7 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
             ref = refs[art.id]
             ref_pred = ref.argmax(1) if ref is not None else None
             for runner_row in result.rows.get(stage, []):
-                row = target_row(base, result, runner_row, ref_pred)
+                row = target_row(base, result, runner_row, ref_pred, labels)
                 row.setdefault("mode", "latency")
                 rows.append(row)
                 ctx.log(f"{ctx.name}: {stage} on {target.label} b{row.get('batch')} {row.get('mode')}: "
@@ -288,6 +328,8 @@ def run_on_targets(cfg: Any, ctx: StageContext) -> StageOutput:
         if target.label not in by_target:
             environments.append({"target": target.label, "type": target.type,
                                  "emulated": isinstance(target, EmulatedTarget), "note": None, "environment": {}})
+    _mark_slower_int8(ctx, rows)
+    mark_images(rows, images)
     write_json(ctx.out_dir / "results.json", {"rows": rows, "targets": environments})
     write_text(ctx.out_dir / "results.md", markdown_table(rows))
     out = ctx.new_artifact("report", {"json": "results.json", "markdown": "results.md"}, {"rows": len(rows)})

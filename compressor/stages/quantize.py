@@ -23,9 +23,11 @@ from compressor.core.context import StageContext, StageOutput
 from compressor.errors import AccuracyGoalError, StageError
 from compressor.export.onnx import export_to_onnx
 from compressor.metrics.evaluation import Task, task_of
+from compressor.metrics.stats import drop_interval
 from compressor.quant import runners
 from compressor.quant.composition import check_composition, kept_float_names
 from compressor.quant.onnxruntime import OrtQuantOptions
+from compressor.quant.qat import qat_freezer
 from compressor.stages._shared import file_metadata
 from compressor.train.fit import TrainOptions
 from compressor.train.models import load_stage_model
@@ -47,14 +49,20 @@ class QatOptions(TrainOptions):
     distill: bool = Field(True, description="Distil from the FP32 input model (Hinton KD).")
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
+    freeze_bn_after: int | None = Field(
+        1, ge=0, description="BatchNorm running statistics update during this many epochs, then stay fixed "
+        "(torchvision's QAT recipe; the quantizer ranges were set for the PTQ statistics). None: never frozen.")
+    freeze_quantizers_after: int | None = Field(
+        None, ge=0, description="NNCF quantizer ranges (scales) train during this many epochs, then stay fixed "
+        "(torchvision's observer freeze). None: trained throughout.")
 
 
 class QuantizeConfig(StageConfig):
     mode: Literal["ptq", "qat"] = "ptq"
     format: Literal["onnx", "openvino", "tflite"] = Field("onnx", description="INT8 artifact kind to make.")
     engine: Literal["auto", "onnxruntime", "nncf", "pt2e", "ai_edge_quantizer"] = Field(
-        "auto", description="onnx: onnxruntime (default) or nncf; openvino: nncf; tflite: pt2e (default) or "
-        "ai_edge_quantizer.")
+        "auto", description="onnx: onnxruntime (default) or nncf; openvino: nncf; tflite: ai_edge_quantizer "
+        "(default: integer-only graph with the FP32 file's ops) or pt2e.")
     calibration_images: int = Field(300, ge=1, description="Training images used for calibration.")
     per_channel: bool | Literal["auto"] = Field(
         "auto", description="Per-channel weight scales; auto: on for TFLite, NNCF and depthwise networks.")
@@ -100,9 +108,10 @@ class QuantizeConfig(StageConfig):
             msg = "bias_correction full is not available with mode qat (NNCF's PyTorch backend has fast only)"
             raise ValueError(msg)
         if self.mode == "qat" and self.format == "tflite":
-            msg = "mode qat exports to onnx or openvino; for TFLite use mode: ptq (PT2E on the QAT-free model)"
+            msg = ("mode qat exports to onnx or openvino; for TFLite use mode: ptq (ai_edge_quantizer on the FP32 "
+                   "flatbuffer)")
             raise ValueError(msg)
-        if self.format == "tflite" and self.float_io and self.engine != "ai_edge_quantizer":
+        if self.format == "tflite" and self.float_io and self.resolved_engine() != "ai_edge_quantizer":
             msg = "float_io needs engine: ai_edge_quantizer (the PT2E path makes int8 input and output)"
             raise ValueError(msg)
         return self
@@ -115,13 +124,14 @@ class QuantizeConfig(StageConfig):
     def resolved_engine(self) -> str:
         if self.engine != "auto":
             return self.engine
-        return {"onnx": "onnxruntime", "openvino": "nncf", "tflite": "pt2e"}[self.format]
+        # ai_edge_quantizer: its INT8 graph has the FP32 graph's ops in int8 (see compressor/quant/tflite.py)
+        return {"onnx": "onnxruntime", "openvino": "nncf", "tflite": "ai_edge_quantizer"}[self.format]
 
 
 def _source_model(ctx: StageContext) -> torch.nn.Module:
     art = ctx.input
     if art.kind != "model":
-        if "source_model" not in art.meta:
+        if not art.meta.get("source_model"):
             raise StageError(ctx.name, f"input '{ctx.refs.get('input')}' ({art.kind}) does not record its PyTorch "
                                        "model (meta source_model); take a model artifact as input instead")
         art = Artifact.model_validate(art.meta["source_model"])
@@ -324,6 +334,11 @@ def _int8_metrics(cfg: QuantizeConfig, ctx: StageContext, plan: Any, judge: _Jud
     out.update({f"int8_{task.primary}": score}, drop=round(judge.fp32_score - score, 3),
                eval_images=len(judge.images), float_layers=excluded, fp32_size_bytes=plan.fp32_size(),
                size_bytes=size)
+    # the drop with its 95% interval on these same images, by the machinery the gates use
+    interval = drop_interval({"outcomes": task.outcomes(judge.fp32_logits, judge.labels)},
+                             {"outcomes": task.outcomes(logits, judge.labels)}, task.primary)
+    if interval is not None:
+        out["drop_interval"] = interval.to_json()
     return out
 
 
@@ -400,7 +415,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     task = task_of(ctx)
     scorer = task.value if task.is_embedding else None
     ptq_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
-    opts = TrainOptions.model_validate(cfg.qat.model_dump(exclude={"distill", "temperature", "alpha"}))
+    opts = TrainOptions.model_validate(cfg.qat.model_dump(
+        exclude={"distill", "temperature", "alpha", "freeze_bn_after", "freeze_quantizers_after"}))
     loss_fn = None
     head = None
     if cfg.qat.distill and task.is_embedding:
@@ -426,7 +442,9 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
             return kd_loss(model(x), target, y, cfg.qat.temperature, cfg.qat.alpha, opts.label_smoothing)
 
     start_state = {k: v.detach().clone() for k, v in quantized.state_dict().items()}
-    result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat")
+    frozen: list[dict[str, Any]] = []
+    freeze = qat_freezer(cfg.qat.freeze_bn_after, cfg.qat.freeze_quantizers_after, frozen)
+    result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat", epoch_start=freeze)
     quantized.cpu().eval()
     qat_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
     kept = "qat"
@@ -452,7 +470,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     fp32_top1 = round(task.value(fp32_logits, labels), 3)
     int8_top1 = round(task.value(int8_logits, labels), 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
-                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), **folded}
+                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), "frozen": frozen,
+                **folded}
     drop = round(fp32_top1 - int8_top1, 3)
     metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
                "int8_top1": int8_top1,

@@ -28,7 +28,8 @@ from compressor.core.artifacts import atomic_write
 from compressor.core.config import Strict
 from compressor.core.context import StageContext
 from compressor.core.distributed import all_reduce_sum
-from compressor.errors import CompressorError
+from compressor.core.readers import non_finite_tensors
+from compressor.errors import CompressorError, TrainingDiverged
 from compressor.metrics.classification import predict
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,6 +49,8 @@ class TrainOptions(Strict):
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     early_stop_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better val top-1.")
     amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
+    freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="Train only the classifier for this "
+                                        "many first epochs (transfer learning: a new head on pretrained weights).")
 
 
 @dataclass
@@ -114,6 +117,63 @@ def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Modu
     return loss, objective
 
 
+def _finite_summary(tensor: torch.Tensor) -> tuple[int, float]:
+    """(count of NaN/Inf values, largest finite magnitude) of a tensor."""
+    t = tensor.detach().float()
+    finite = torch.isfinite(t)
+    bad = int((~finite).sum())
+    largest = float(t[finite].abs().max()) if bool(finite.any()) else float("nan")
+    return bad, largest
+
+
+def largest_weight(model: nn.Module) -> float:
+    """The largest finite |w| over the model's floating parameters."""
+    sizes = [_finite_summary(p)[1] for p in model.parameters() if p.is_floating_point() and p.numel()]
+    return max((v for v in sizes if math.isfinite(v)), default=0.0)
+
+
+def divergence_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, opts: TrainOptions,
+                      num_classes: int | None, started_finite: bool = True, start_largest: float | None = None) -> str:
+    """The likely causes of a NaN/Inf loss, in order (weights, data, learning rate), with the values seen.
+
+    ``started_finite``: whether every weight was finite when training began (else the checkpoint or the
+    input stage brought the NaN in); ``start_largest``: the largest |w| then, to tell weights that grew.
+    """
+    bad_weights = []
+    largest_w, largest_name = 0.0, ""
+    for name, tensor in model.named_parameters():  # buffers (running statistics) follow the data
+        if not tensor.is_floating_point():
+            continue
+        bad, largest = _finite_summary(tensor)
+        if bad:
+            bad_weights.append((name, bad, tensor.numel()))
+        elif largest > largest_w:
+            largest_w, largest_name = largest, name
+    if bad_weights:
+        name, bad, size = bad_weights[0]
+        more = f" and {len(bad_weights) - 1} more tensor(s)" if len(bad_weights) > 1 else ""
+        when = ("already before training started: the checkpoint or the input stage brought them in"
+                if not started_finite else "now, though all were finite when training started: an update blew "
+                "up (see 3)")
+        weights = f"1) weights: '{name}' holds {bad} NaN/Inf of {size} values{more} {when}"
+    elif start_largest is not None and largest_w > 100 * max(start_largest, 1e-3):
+        weights = (f"1) weights: all finite, but grown to |w| {largest_w:.3g} in '{largest_name}' (at most "
+                   f"{start_largest:.3g} when training started): an update blew up (see 3)")
+    else:
+        weights = f"1) weights: all finite (largest |w| {largest_w:.3g} in '{largest_name}')"
+    bad_x, largest_x = _finite_summary(x)
+    labels = f"labels {int(y.min())}..{int(y.max())}" if y.numel() and not y.is_floating_point() else "labels"
+    if num_classes is not None and y.numel() and not y.is_floating_point():
+        labels += f" of {num_classes} classes"
+    if bad_x:
+        data = f"2) data: this batch holds {bad_x} NaN/Inf input values of {x.numel()} (check the images and preprocess.std)"
+    else:
+        data = f"2) data: this batch is finite (largest |x| {largest_x:.3g}, {labels})"
+    lr_line = (f"3) learning rate: {lr:.3g} at this step (lr {opts.lr:g}, warmup_epochs {opts.warmup_epochs}, "
+               f"grad_clip {opts.grad_clip}); try lr {opts.lr / 10:g} or grad_clip: 1.0")
+    return f"likely causes, in order: {weights}; {data}; {lr_line}"
+
+
 class _Joint(nn.Module):
     """The model plus extra trainable modules, so that DDP synchronises the gradients of both.
 
@@ -146,6 +206,18 @@ def _sync_buffers(model: nn.Module, ctx: StageContext) -> None:
             dist.broadcast(buf, src=0)
 
 
+def _backbone_params(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` outside its classifier (see :func:`~compressor.train.models.classifier_name`)."""
+    from compressor.train.models import classifier_name
+
+    name = classifier_name(model)
+    if name is None:
+        msg = "freeze_backbone_epochs: the model has no Linear or Conv2d classifier to train alone"
+        raise CompressorError(msg)
+    head = {id(p) for p in model.get_submodule(name).parameters()}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
 def fit(
     model: nn.Module,
     ctx: StageContext,
@@ -153,6 +225,7 @@ def fit(
     loss_fn: LossFn | None = None,
     extra: nn.Module | None = None,
     desc: str = "train",
+    epoch_start: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; on return it holds the weights with the best validation top-1.
 
@@ -163,6 +236,8 @@ def fit(
         loss_fn: ``loss_fn(model, images, labels) -> loss``; default cross-entropy with label smoothing.
         extra: further trainable modules (e.g. distillation adapters), optimised and checkpointed too.
         desc: label for progress bars and checkpoint files (one stage may call fit several times).
+        epoch_start: called as ``epoch_start(epoch, model)`` (epoch counted from 0) after the model is put
+            in training mode, before the epoch's first step (QAT freezes BatchNorm statistics there).
     """
     from compressor.metrics.evaluation import task_of
 
@@ -205,6 +280,7 @@ def fit(
         optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
     )
     use_amp = opts.amp and device.type == "cuda"
+    backbone = _backbone_params(model) if opts.freeze_backbone_epochs else []
 
     ckpt_path = ctx.work_dir / f"{desc}-last.pt"
     start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
@@ -230,24 +306,34 @@ def fit(
                     f"{str(err)[:120]}); starting {desc} over")
             ckpt_path.unlink(missing_ok=True)
 
+    started_finite = not non_finite_tensors(model.state_dict())
+    start_largest = largest_weight(model)
     epoch = start_epoch
     for epoch in range(start_epoch, opts.epochs):
         model.train()
         if extra is not None:
             extra.train()
+        if epoch_start is not None:
+            epoch_start(epoch, model)
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
-        losses = []
+        losses: list[float] = []
         for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = compute_loss(trained, x, y)
             if not torch.isfinite(loss):
-                msg = f"{ctx.name}: loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {opts.lr})"
-                raise FloatingPointError(msg)
+                lr = float(optimizer.param_groups[0]["lr"])
+                msg = (f"{ctx.name}: {desc} loss became {loss.item()} at epoch {epoch + 1}, step {len(losses) + 1}; "
+                       + divergence_report(model, x, y, lr, opts, len(ctx.data.classes), started_finite,
+                                           start_largest))
+                raise TrainingDiverged(msg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if epoch < opts.freeze_backbone_epochs:
+                for p in backbone:  # no gradient: the optimizer leaves them as they are (no decay, no momentum)
+                    p.grad = None
             if opts.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, opts.grad_clip)
             optimizer.step()

@@ -79,7 +79,20 @@ class LiteRtSession:
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.package, "version": self.version,
                 "provider": "xnnpack" if self.xnnpack else "builtin", "device": "cpu", "threads": self.threads,
-                "layout": self.layout, "input_dtype": np.dtype(self.input["dtype"]).name}
+                "layout": self.layout, "input_dtype": np.dtype(self.input["dtype"]).name,
+                "kernels": self.kernels()}
+
+    def kernels(self) -> dict[str, Any]:
+        """Whether XNNPACK took the graph: its partitions and the operators left to the builtin kernels."""
+        try:
+            ops = self.interpreter._get_ops_details()  # noqa: SLF001 - the only listing of the execution plan
+        except Exception:  # noqa: BLE001 - older interpreters (tflite_runtime) lack it
+            return {}
+        delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+        outputs = {int(o["index"]) for o in self.interpreter.get_output_details()}
+        covered = {int(t) for d in delegates for t in d["outputs"]}
+        return {"xnnpack_partitions": len(delegates), "ops": len(ops) - len(delegates),
+                "whole_graph_delegated": len(delegates) == 1 and outputs <= covered}
 
 
 class LiteRtBackend:

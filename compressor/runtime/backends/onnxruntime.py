@@ -52,6 +52,7 @@ class OnnxRuntimeSession:
         self.version = ort.__version__
         self.providers = self.session.get_providers()
         self.threads = options.threads
+        self.path = path
 
     def batch_sizes(self) -> tuple[int, ...] | None:
         first = self.input_shape[0]
@@ -65,7 +66,28 @@ class OnnxRuntimeSession:
     def describe(self) -> dict[str, Any]:
         return {"runtime": "onnxruntime", "version": self.version, "provider": self.providers[0],
                 "device": "cuda" if self.providers[0].startswith("CUDA") else "cpu", "threads": self.threads,
-                "layout": self.layout, "input_dtype": np.dtype(self.input_dtype).name}
+                "layout": self.layout, "input_dtype": np.dtype(self.input_dtype).name, "kernels": self.kernels()}
+
+    def kernels(self) -> dict[str, Any]:
+        """ONNX Runtime's integer path: the file's quantization format (QDQ pairs that ORT fuses, or
+        QOperator ops) and the int8 instruction set MLAS dispatches its u8s8 kernels to on this CPU (MLAS does
+        not report its kernel, so this is read from the CPU flags: amx_int8 > avx512_vnni > avx_vnni > avx2)."""
+        try:
+            import onnx
+
+            types = {n.op_type for n in onnx.load(str(self.path), load_external_data=False).graph.node}
+        except Exception:  # noqa: BLE001 - a file ORT can run but onnx cannot parse reports nothing
+            return {}
+        fmt = ("qoperator" if any(t.startswith("QLinear") or t in ("ConvInteger", "MatMulInteger") for t in types)
+               else "qdq" if "DequantizeLinear" in types else "float")
+        out: dict[str, Any] = {"int8_format": fmt}
+        if fmt != "float" and self.providers[0] == "CPUExecutionProvider":
+            from compressor.runtime.envinfo import cpu_info
+
+            features = set(cpu_info()["features"])
+            out["mlas_int8_isa"] = next((f for f in ("amx_int8", "avx512_vnni", "avx_vnni", "avx2", "neon", "dotprod")
+                                         if f in features), "generic")
+        return out
 
 
 class OnnxRuntimeBackend:

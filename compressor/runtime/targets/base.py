@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compressor.errors import CompressorError
+from compressor.metrics.stats import even_subset, prediction_outcomes
 
 RUNNER = Path(__file__).with_name("runner.py")
 # shipped beside the runner: the helpers it shares with the in-process backends
@@ -43,10 +44,12 @@ class _Target(BaseModel):
 
 class LocalTarget(_Target):
     type: Literal["local"] = "local"
+    timeout_s: float = Field(1800, gt=0, description="Limit for the whole run here (a hung runtime is a failed row).")
 
 
 class CudaTarget(_Target):
     type: Literal["cuda"] = "cuda"
+    timeout_s: float = Field(1800, gt=0, description="Limit for the whole run on the GPU.")
 
 
 class SshTarget(_Target):
@@ -101,6 +104,7 @@ class Job:
     time_budget_s: float = 2.0
     max_iters: int = 10000
     requests: int = 2
+    max_cv: float | None = None
 
 
 @dataclass
@@ -122,9 +126,7 @@ class TargetResult:
 
 def subset(total: int, count: int | None) -> np.ndarray:
     """Indices of an even subset of ``count`` out of ``total`` (all when count is None or larger)."""
-    if count is None or count >= total:
-        return np.arange(total)
-    return np.linspace(0, total - 1, count).round().astype(int)
+    return even_subset(total, count)
 
 
 def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> Path:
@@ -135,7 +137,7 @@ def stage_job(job: Job, folder: Path, target: _Target, device: str = "cpu") -> P
     spec: dict[str, Any] = {
         "artifacts": [], "batch_sizes": job.batch_sizes, "modes": job.modes, "warmup": job.warmup,
         "min_iters": job.min_iters, "time_budget_s": job.time_budget_s, "max_iters": job.max_iters,
-        "requests": job.requests, "threads": target.threads, "cores": target.cores, "device": device,
+        "requests": job.requests, "max_cv": job.max_cv, "threads": target.threads, "cores": target.cores, "device": device,
     }
     if job.images is not None:
         keep = subset(len(job.images), target.accuracy_images)
@@ -176,8 +178,9 @@ def parse_runner_output(target: _Target, job: Job, stdout: str, stderr: str, rc:
 
 
 def target_row(base: dict[str, Any], result: TargetResult, runner_row: dict[str, Any],
-               reference_pred: np.ndarray | None) -> dict[str, Any]:
-    """One runner row -> one benchmark row (predictions become top-1 agreement, then are dropped)."""
+               reference_pred: np.ndarray | None, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """One runner row -> one benchmark row (predictions become top-1 agreement and the row's packed
+    per-image outcomes, then are dropped)."""
     row = dict(base)
     row.update(target=result.target, target_type=result.type, emulated=result.emulated)
     runtime = runner_row.get("runtime") or {}
@@ -185,7 +188,7 @@ def target_row(base: dict[str, Any], result: TargetResult, runner_row: dict[str,
         row["backend"] = BACKEND_NAMES.get(runtime["runtime"], runtime["runtime"])
     pred = runner_row.get("predictions")
     for key, value in runner_row.items():
-        if key not in ("predictions", "precision"):
+        if key not in ("predictions", "precision", "top5_hits"):
             row[key] = value
     if runner_row.get("precision") and row.get("precision") in (None, "unknown"):
         row["precision"] = runner_row["precision"]
@@ -193,6 +196,10 @@ def target_row(base: dict[str, Any], result: TargetResult, runner_row: dict[str,
         # a target with accuracy_images saw an even subset: compare on the same subset
         ref = reference_pred[subset(len(reference_pred), len(pred))]
         row["top1_agreement"] = round(float((np.asarray(pred) == ref).mean() * 100), 3)
+    if pred is not None and labels is not None and len(pred) <= len(labels):
+        keep = subset(len(labels), len(pred))
+        row["outcomes"] = prediction_outcomes(np.asarray(pred), runner_row.get("top5_hits"), labels[keep],
+                                              subset_of=len(labels))
     if result.emulated and "median_ms" in row:
         row["latency_note"] = "emulated (qemu): not comparable with native latencies"
     return row

@@ -41,7 +41,7 @@ def run_cuda(target: CudaTarget, job: Job, folder: Path) -> TargetResult:
     from compressor.runtime.targets.local import run_local
 
     gpu_job = Job(**{**job.__dict__, "artifacts": [a for a in job.artifacts if a.format != "tflite"]})
-    local = LocalTarget(name=target.label, threads=target.threads, cores=target.cores)
+    local = LocalTarget(name=target.label, threads=target.threads, cores=target.cores, timeout_s=target.timeout_s)
     result = run_local(local, gpu_job, folder, device="cuda")
     result.type = "cuda"
     for art in job.artifacts:

@@ -11,6 +11,10 @@ from compressor.runtime.targets.base import Job, LocalTarget, TargetResult, pars
 
 def run_local(target: LocalTarget, job: Job, folder: Path, device: str = "cpu") -> TargetResult:
     job_json = stage_job(job, folder, target, device)
-    proc = subprocess.run([sys.executable, str(job_json.parent / "runner.py"), str(job_json)],
-                          capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run([sys.executable, str(job_json.parent / "runner.py"), str(job_json)],
+                              capture_output=True, text=True, check=False, timeout=target.timeout_s)
+    except subprocess.TimeoutExpired:
+        return TargetResult.all_rows(target, job, "failed", f"the {device} run exceeded timeout_s "
+                                     f"({target.timeout_s:.0f} s) and was stopped; raise it for large models")
     return parse_runner_output(target, job, proc.stdout, proc.stderr, proc.returncode)

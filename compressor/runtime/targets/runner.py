@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-try:  # in the package (local target); on a device, the copy staged beside this file
+if __package__:  # imported from the package (tests)
     from compressor.runtime import portable
-except ImportError:
+else:  # run as a script in a staged folder: the copy staged beside this file, never another installed version
     import portable  # type: ignore[no-redef]
 
 RUNNER_VERSION = 1
@@ -134,7 +134,11 @@ class OpenvinoModel:
         core = ov.Core()
         model = core.read_model(path)
         dev = "GPU" if device == "cuda" else "CPU"
-        config = {"INFERENCE_NUM_THREADS": threads} if dev == "CPU" else {}
+        # What the in-process backend and benchmark_app run: latency hint, one stream, FP32 kept FP32 (OpenVINO
+        # would otherwise run an FP32 IR in bf16 on AVX512-BF16/AMX CPUs, a different model than the one verified).
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if dev == "CPU":
+            config.update(INFERENCE_NUM_THREADS=threads, INFERENCE_PRECISION_HINT="f32")
         self.compiled = core.compile_model(model, dev, config)
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
@@ -144,7 +148,8 @@ class OpenvinoModel:
         self.dtype = np.float32
         self.request = self.compiled.create_infer_request()
         self.describe = {"runtime": "openvino", "version": ov.__version__, "provider": dev, "threads": threads,
-                         "layout": self.layout, "input_dtype": "float32"}
+                         "layout": self.layout, "input_dtype": "float32",
+                         "config": {k: str(v) for k, v in config.items()}}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = portable.to_layout(x, self.layout)
@@ -225,7 +230,8 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
         top5 = np.argsort(-logits, axis=1)[:, :5]
         common.update(top1=round(float((pred == labels).mean() * 100), 2),
                       top5=round(float((top5 == labels[:, None]).any(1).mean() * 100), 2),
-                      accuracy_images=int(len(labels)), predictions=pred.astype(int).tolist())
+                      accuracy_images=int(len(labels)), predictions=pred.astype(int).tolist(),
+                      top5_hits=(top5 == labels[:, None]).any(1).astype(int).tolist())
     rows = []
     for batch in job["batch_sizes"]:
         for mode in job["modes"]:
@@ -236,7 +242,10 @@ def bench_artifact(art: dict[str, Any], job: dict[str, Any], base: Path) -> list
                 continue
             sample = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))
             if mode == "latency":
-                row.update(portable.latency_stats(_time_calls(lambda s=sample: model.run(s), job)))
+                def timed(s: np.ndarray = sample) -> dict[str, Any]:
+                    return portable.latency_stats(_time_calls(lambda: model.run(s), job))
+
+                row.update(portable.steady(timed, job.get("max_cv")))
                 row["throughput_ips"] = round(batch * 1000 / row["median_ms"], 2) if row["median_ms"] else None
             else:
                 row.update(throughput(model, sample, job))

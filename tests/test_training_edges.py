@@ -1,0 +1,92 @@
+"""Training edges users hit: a last batch of one image (BatchNorm), and a loss that becomes NaN.
+
+A data set of 13 images with ``batch_size: 4`` leaves a last batch of one; BatchNorm cannot train on it,
+so that batch is dropped in training (evaluation still sees every image). A NaN loss is exit 2 naming the
+likely causes in order (weights, data, learning rate) with the values seen, never an internal error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import SequentialSampler
+
+from compressor.core.data import TrainBatches
+from tests.test_bad_inputs import _cli, _doc, _manifest, run_refused
+
+
+@pytest.mark.parametrize(("count", "batch", "sizes"), [
+    (13, 4, [4, 4, 4]), (12, 4, [4, 4, 4]), (14, 4, [4, 4, 4, 2]), (1, 4, [1]), (3, 1, [1, 1, 1]), (5, 2, [2, 2]),
+])
+def test_train_batches_drop_only_a_last_batch_of_one(count: int, batch: int, sizes: list[int]) -> None:
+    batches = TrainBatches(SequentialSampler(range(count)), batch)
+    assert [len(b) for b in batches] == sizes
+    assert len(batches) == len(sizes)
+
+
+def _thirteen_images(tmp_path: Path, **model: Any) -> dict[str, Any]:
+    doc = _doc(tmp_path, [{"name": "teacher", "type": "train", "epochs": 2, "lr": 0.05}], **model)
+    Image.new("RGB", (12, 12), (90, 90, 90)).save(tmp_path / "data/train/class_1/extra.png")  # 12 + 1 images
+    doc["data"]["batch_size"] = 4
+    return doc
+
+
+def test_last_batch_of_one_image_does_not_crash_batchnorm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import write_recipe
+
+    doc = _thirteen_images(tmp_path, entry_point="tests.tinynet:tiny_cnn_bn_head")
+    doc["stages"].append({"name": "evaluate", "type": "evaluate"})
+    code, _out, err = _cli(capsys, "run", str(write_recipe(tmp_path / "r.yaml", doc)), "--quiet")
+    assert code == 0, err
+    manifest = _manifest(tmp_path)
+    assert manifest["data"]["train_images"] == 13
+    evaluate = next(s for s in manifest["stages"] if s["name"] == "evaluate")
+    # evaluation stays complete: every validation image is scored
+    assert evaluate["metrics"]["images"] == manifest["data"]["val_images"] == 12
+
+
+def test_a_batch_of_one_image_really_breaks_batchnorm_in_training() -> None:
+    """The reason for dropping it (so that the test above can fail)."""
+    from tests.tinynet import tiny_cnn_bn_head
+
+    model = tiny_cnn_bn_head(num_classes=3).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        model(torch.zeros(1, 1, 12, 12))
+
+
+def test_model_source_with_a_nan_weight_is_refused_before_training(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _thirteen_images(tmp_path, entry_point="tests.tinynet:tiny_cnn_nan")
+    run_refused(capsys, tmp_path, doc, r"model source tests\.tinynet:tiny_cnn_nan builds weights holding NaN/Inf: "
+                                       r"tensor '0\.weight' holds 1 NaN and 0 Inf of 72 values")
+
+
+def test_divergence_report_puts_nan_weights_first() -> None:
+    from compressor.train.fit import TrainOptions, divergence_report
+    from tests.tinynet import tiny_cnn_nan
+
+    report = divergence_report(tiny_cnn_nan(num_classes=3), torch.zeros(4, 1, 12, 12), torch.tensor([0, 1, 2, 0]),
+                               0.05, TrainOptions(), 3, started_finite=False)
+    assert report.startswith("likely causes, in order: 1) weights: '0.weight' holds 1 NaN/Inf of 72 values already "
+                             "before training started: the checkpoint or the input stage brought them in; "
+                             "2) data: this batch is finite (largest |x| 0, labels 0..2 of 3 classes); "
+                             "3) learning rate: 0.05 at this step"), report
+
+
+def test_nan_loss_from_the_data_names_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _thirteen_images(tmp_path)
+    doc["data"]["preprocess"]["std"] = [1e-40]  # positive, so valid, but every pixel overflows to Inf
+    run_refused(capsys, tmp_path, doc, r"loss became nan", r"1\) weights: all finite",
+                r"2\) data: this batch holds \d+ NaN/Inf input values", r"3\) learning rate")
+
+
+def test_nan_loss_from_a_huge_learning_rate_names_the_update(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _thirteen_images(tmp_path, entry_point="tests.tinynet:tiny_cnn_plain")
+    doc["stages"][0].update(lr=10, momentum=0.9, epochs=20, weight_decay=0)
+    run_refused(capsys, tmp_path, doc, r"loss became (nan|inf)", r"1\) weights: .*an update blew up \(see 3\)",
+                r"2\) data: this batch is finite",
+                r"3\) learning rate: .* \(lr 10, warmup_epochs 0, grad_clip None\); try lr 1 or grad_clip: 1\.0")
