@@ -35,6 +35,7 @@ import torch
 
 from compressor import __version__
 from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_json
+from compressor.core.console import third_party_output_to
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
@@ -54,6 +55,9 @@ from compressor.train.models import (
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 2
+
+# What converters and runtimes print while a stage runs (see compressor.core.console).
+CHATTER_LOG = "stage.log"
 
 
 class RunStopped(Exception):
@@ -175,10 +179,12 @@ class Engine:
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
                  registry: Mapping[str, StageEntry] = STAGES,
-                 on_stage: Callable[[StageRecord], None] | None = None):
+                 on_stage: Callable[[StageRecord], None] | None = None, verbose: bool = False):
         """``on_stage`` sees each finished (or reused) stage's record; raising :class:`RunStopped` there
-        ends the run early, recorded as stopped (a search stops a hopeless trial this way)."""
+        ends the run early, recorded as stopped (a search stops a hopeless trial this way). ``verbose``
+        keeps what third-party code prints on the console (default: each stage's ``stage.log``)."""
         self.recipe = recipe
+        self.verbose = verbose  # True: third-party output stays on the console instead of stage.log
         self.registry = registry  # stage type -> entry whose run function the engine calls
         self.on_stage = on_stage
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
@@ -349,9 +355,17 @@ class Engine:
         self.log(f"{name} ({stage_type}): running" + (f" on {self.dist.world_size} ranks"
                                                        if distributed and self.dist.enabled else ""))
         start = time.perf_counter()
+        chatter = ctx.work_dir / CHATTER_LOG
         try:
-            output = fn(ctx)
+            if self.verbose:
+                output = fn(ctx)
+            else:
+                with third_party_output_to(chatter) as console:
+                    ctx.log = console.ours(ctx.log)
+                    output = fn(ctx)
             seconds = time.perf_counter() - start
+            if chatter.exists():  # the third-party output joins the stage's folder in the cache
+                shutil.move(chatter, tmp / CHATTER_LOG)
             own = output.artifact.id == key
             files = _file_records(tmp if own else self.cache_root / output.artifact.folder, output.artifact)
             write_json(tmp / "stage.json", {
@@ -369,6 +383,8 @@ class Engine:
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if chatter.exists() and chatter.stat().st_size:
+                self.log(f"{name} ({stage_type}): what converters and runtimes printed is in {chatter}")
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 # a library writing its file hit a full disk: the user's problem, not an internal error
                 msg = (f"could not write {err.filename or tmp}: {err.strerror}; free space or choose another "
@@ -467,9 +483,10 @@ class Engine:
 
 
 def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-               registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
-    """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()
+               registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> RunResult:
+    """Run ``recipe``; return where its manifest and report are. ``verbose`` keeps what third-party code
+    prints on the console (default: each stage's ``stage.log``)."""
+    return Engine(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose).run()
 
 
 @dataclass
@@ -494,7 +511,7 @@ def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
 
 
 def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, show_progress: bool | None = None,
-              registry: Mapping[str, StageEntry] = STAGES) -> SeedsResult:
+              registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> SeedsResult:
     """Run ``recipe`` under ``count`` seeds (its seed, seed + 1, ...) one after another, then write
     ``seeds.json`` and ``seeds.md`` (mean ± std and per-seed values of every metric) in its run folder."""
     import json
@@ -508,7 +525,8 @@ def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, sh
     runs: dict[int, RunResult] = {}
     for seed in range(recipe.seed, recipe.seed + count):
         log(f"seed {seed} ({seed - recipe.seed + 1} of {count})")
-        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry)
+        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry,
+                                verbose=verbose)
     summary = seed_summary({s: json.loads(r.manifest_path.read_text()) for s, r in runs.items()})
     out = recipe.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,10 @@ class TrainOptions(Strict):
 
 @dataclass
 class FitResult:
-    """``best_top1`` holds the task's primary metric (``metric``: top1, or rank1 / map for embeddings)."""
+    """``best_score`` is the best validation score of the task's primary metric (``metric``: top1, or
+    rank1 / map for embeddings)."""
 
-    best_top1: float
+    best_score: float
     epochs_run: int
     resumed_from_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
@@ -101,7 +102,6 @@ def val_score(model: nn.Module, ctx: StageContext) -> float:
     return round(correct / max(count, 1.0) * 100, 3)
 
 
-val_top1 = val_score  # the name stages have always used; it follows the task
 
 
 def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Module]:
@@ -369,5 +369,5 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
+    return FitResult(best_score=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
                      metric=task.primary)
