@@ -150,3 +150,26 @@ def test_backends_record_the_kernels_that_ran(onnx_pair: tuple[Path, np.ndarray]
     save_ov_model(read_ov_model(fp32), xml)
     kernels = get_backend("openvino").load(xml, {}, RuntimeOptions()).describe()["kernels"]
     assert sum(kernels.values()) == 3 and all(k.endswith(("f32", "F32")) for k in kernels), kernels
+
+
+def test_spatial_mean_becomes_global_pool_exactly(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from compressor.quant.onnxruntime import means_to_global_pool
+
+    axes = numpy_helper.from_array(np.array([-1, -2], np.int64), "axes")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1, name="pool"),
+             helper.make_node("ReduceMean", ["x", "axes"], ["k"], keepdims=0, name="kept")]  # not a pool: stays
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3, 1, 1]),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3])], [axes])
+    path = tmp_path / "mean.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert means_to_global_pool(path) == 1
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["GlobalAveragePool", "ReduceMean"]
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
+    np.testing.assert_array_equal(after[1], before[1])
