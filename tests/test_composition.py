@@ -173,3 +173,21 @@ def test_spatial_mean_becomes_global_pool_exactly(tmp_path: Path) -> None:
     after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
     np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_runner_openvino_matches_the_backend_and_streams_for_throughput(onnx_pair: tuple[Path, np.ndarray],
+                                                                        tmp_path: Path) -> None:
+    from compressor.quant.openvino import read_ov_model, save_ov_model
+    from compressor.runtime.targets import runner
+
+    fp32, calib = onnx_pair
+    xml = tmp_path / "fp32.xml"
+    save_ov_model(read_ov_model(fp32), xml)
+    model = runner.OpenvinoModel(str(xml), 1, "cpu")
+    # the same model the benchmark stage times: FP32 kept FP32 (not bf16 on AMX CPUs), latency hint, one stream
+    assert str(model.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert int(model.compiled.get_property("NUM_STREAMS")) == 1
+    job = {"requests": 2, "min_iters": 4, "max_iters": 50, "time_budget_s": 0.05, "warmup": 1}
+    out = runner.throughput(model, calib[:1], job)
+    assert out["requests"] == 2 and out["throughput_ips"] > 0
+    assert int(runner.OpenvinoModel(str(xml), 1, "cpu", streams=2).compiled.get_property("NUM_STREAMS")) == 2
