@@ -159,20 +159,25 @@ def test_spatial_mean_becomes_global_pool_exactly(tmp_path: Path) -> None:
     from compressor.quant.onnxruntime import means_to_global_pool
 
     axes = numpy_helper.from_array(np.array([-1, -2], np.int64), "axes")
+    rows = numpy_helper.from_array(np.array([1], np.int64), "rows")
     nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1, name="pool"),
-             helper.make_node("ReduceMean", ["x", "axes"], ["k"], keepdims=0, name="kept")]  # not a pool: stays
+             helper.make_node("ReduceMean", ["x", "axes"], ["k"], keepdims=0, name="squeezed"),
+             helper.make_node("ReduceMean", ["x", "rows"], ["r"], keepdims=1, name="kept")]  # not a pool: stays
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
                               [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3, 1, 1]),
-                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3])], [axes])
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 1, 5, 7])], [axes, rows])
     path = tmp_path / "mean.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     x = np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32)
     before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    assert means_to_global_pool(path) == 1
-    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["GlobalAveragePool", "ReduceMean"]
+    assert means_to_global_pool(path) == 2
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == [
+        "GlobalAveragePool", "GlobalAveragePool", "Flatten", "ReduceMean"]
     after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
-    np.testing.assert_array_equal(after[1], before[1])
+    for a, b in zip(after, before, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_runner_openvino_matches_the_backend_and_streams_for_throughput(onnx_pair: tuple[Path, np.ndarray],
