@@ -71,8 +71,7 @@ def launch_torchrun(args: argparse.Namespace) -> int:
     load_recipe(Path(args.recipe), overrides)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "compressor.cli"]
-    if args.debug:
-        cmd.append("--debug")
+    cmd += [flag for flag in ("--debug", "--verbose") if getattr(args, flag[2:])]
     cmd += ["run", args.recipe]
     for flag in ("data", "model", "checkpoint", "out"):
         if getattr(args, flag):
@@ -110,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CompressorError(msg)
         return _run_seeds(args, recipe, seeds)
     result = run_recipe(recipe, log=_log if not args.quiet else (lambda _m: None),
-                        show_progress=False if args.quiet else None, registry=args.registry)
+                        show_progress=False if args.quiet else None, registry=args.registry,
+                        verbose=args.verbose)
     if not dist.is_main:
         return 0  # rank 0 prints the summary for the job
     manifest = json.loads(result.manifest_path.read_text())
@@ -130,7 +130,8 @@ def _run_seeds(args: argparse.Namespace, recipe: Recipe, seeds: int) -> int:
     from compressor.engine import run_seeds
 
     result = run_seeds(recipe, seeds, log=_log if not args.quiet else (lambda _m: None),
-                       show_progress=False if args.quiet else None, registry=args.registry)
+                       show_progress=False if args.quiet else None, registry=args.registry,
+                       verbose=args.verbose)
     manifests = {s: json.loads(r.manifest_path.read_text()) for s, r in result.runs.items()}
     print(f"\nrun {recipe.name} under {seeds} seed(s):")
     for seed, manifest in manifests.items():
@@ -252,7 +253,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         recipe, args.version, out=Path(args.out) if args.out else None,
         baseline=Path(args.baseline) if args.baseline else None, force=args.force,
         log=_log if not args.quiet else (lambda _m: None), show_progress=False if args.quiet else None,
-        registry=args.registry,
+        registry=args.registry, verbose=args.verbose,
     )
     print(f"\nrelease {recipe.name} {args.version}\n")
     print(gate_table(result.results) + summary(result.results))
@@ -375,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
     parser.add_argument("--version", action="version", version=f"compressor {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what converters and runtimes print (default: each stage's stage.log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a recipe")

@@ -35,6 +35,7 @@ import torch
 
 from compressor import __version__
 from compressor.core.artifacts import Artifact, sha256_file, stable_hash, write_json
+from compressor.core.console import third_party_output_to
 from compressor.core.context import StageContext, StageOutput, TaskSpec
 from compressor.core.data import DataModule, load_data
 from compressor.core.distributed import SINGLE, barrier, broadcast_object, device_for, from_env, process_group
@@ -43,10 +44,20 @@ from compressor.errors import CompressorError, ModelSourceError, RunLockedError,
 from compressor.recipe import SOURCE_STAGE, Recipe, Stage
 from compressor.registry import STAGES, StageEntry, get_stage
 from compressor.runtime.envinfo import environment
-from compressor.train.models import build_model, load_state, model_meta, read_state_dict, save_stage_model
+from compressor.runtime.model_files import import_model_file
+from compressor.train.models import (
+    build_model,
+    load_source_weights,
+    model_meta,
+    save_stage_model,
+    torchvision_weights_file,
+)
 
 # Bumped when the on-disk form of artifacts changes, so old cache entries are not reused.
 CACHE_FORMAT = 2
+
+# What converters and runtimes print while a stage runs (see compressor.core.console).
+CHATTER_LOG = "stage.log"
 
 
 class RunStopped(Exception):
@@ -168,10 +179,12 @@ class Engine:
 
     def __init__(self, recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
                  registry: Mapping[str, StageEntry] = STAGES,
-                 on_stage: Callable[[StageRecord], None] | None = None):
+                 on_stage: Callable[[StageRecord], None] | None = None, verbose: bool = False):
         """``on_stage`` sees each finished (or reused) stage's record; raising :class:`RunStopped` there
-        ends the run early, recorded as stopped (a search stops a hopeless trial this way)."""
+        ends the run early, recorded as stopped (a search stops a hopeless trial this way). ``verbose``
+        keeps what third-party code prints on the console (default: each stage's ``stage.log``)."""
         self.recipe = recipe
+        self.verbose = verbose  # True: third-party output stays on the console instead of stage.log
         self.registry = registry  # stage type -> entry whose run function the engine calls
         self.on_stage = on_stage
         self.task = TaskSpec(recipe.task, recipe.embedding if recipe.task == "embedding" else None)
@@ -221,12 +234,19 @@ class Engine:
     def _source_key(self) -> str:
         src = self.recipe.model
         ckpt = None
-        if src.checkpoint is not None:
-            if not src.checkpoint.is_file():
-                what = "is not a file" if src.checkpoint.exists() else "does not exist"
-                msg = f"checkpoint {src.checkpoint} {what} (model.checkpoint)"
+        files = [f for f in (src.checkpoint_file(), src.file) if f is not None]
+        if src.openvino is not None:
+            files.append(src.openvino.with_suffix(".bin"))
+        if src.weights is not None and src.arch is not None:
+            files.append(torchvision_weights_file(src.arch, src.weights)[0])
+        for f in files:
+            if not f.is_file():
+                what = "is not a file" if f.exists() else "does not exist"
+                is_ckpt = f == src.checkpoint_file()
+                msg = f"checkpoint {f} {what} (model.checkpoint)" if is_ckpt else f"{f} {what} (model.{src.kind})"
                 raise CompressorError(msg)
-            ckpt = sha256_file(src.checkpoint)
+        if files:
+            ckpt = [sha256_file(f) for f in files]
         return stable_hash({"type": SOURCE_STAGE, "spec": src.model_dump(mode="json", exclude={"checkpoint"}),
                             "checkpoint": ckpt, "classes": self._classes(), "in_channels": self._in_channels(),
                             "context": self._context_key(False, False)})[:24]
@@ -240,20 +260,27 @@ class Engine:
     def _run_source(self, ctx: StageContext) -> StageOutput:
         src = self.recipe.model
         torch.manual_seed(self.recipe.seed)
+        if src.is_file:
+            return import_model_file(ctx, src)
         model = build_model(src, self._classes(), self._in_channels())
-        if src.checkpoint is not None:
-            load_state(model, read_state_dict(src.checkpoint), str(src.checkpoint))
-        elif bad := non_finite_tensors(model.state_dict()):
-            spec = src.entry_point or src.arch
-            msg = f"model source {spec} builds weights holding NaN/Inf: {describe_non_finite(bad)}; fix its initialisation"
+        pretrained = load_source_weights(model, src, self._classes())
+        if pretrained is None and (bad := non_finite_tensors(model.state_dict())):
+            msg = (f"model source {src.label()} builds weights holding NaN/Inf: {describe_non_finite(bad)}; "
+                   "fix its initialisation")
             raise ModelSourceError(msg)
         meta = model_meta(src, self._classes(), self._in_channels())
+        if pretrained is not None:
+            meta["pretrained"] = pretrained
+            what = (f"head replaced ({pretrained.get('checkpoint_classes')} -> {pretrained['classes']} classes, "
+                    f"'{pretrained['classifier']}' re-initialised)" if pretrained["head"] == "replaced" else "head kept")
+            self.log(f"model: weights from {pretrained['origin']} {pretrained['file']}; {what}")
         if self.recipe.task == "embedding":
             from compressor.train.embedding import embedding_net, embedding_spec
 
             meta["embedding"] = embedding_spec(self.recipe.embedding, model, self.data().input_shape)
             model = embedding_net(model, meta["embedding"])
-        return StageOutput(save_stage_model(ctx, model, meta), {"checkpoint": str(src.checkpoint) if src.checkpoint else None})
+        return StageOutput(save_stage_model(ctx, model, meta), {
+            "checkpoint": str(src.checkpoint) if src.checkpoint else None, "weights": pretrained})
 
     # -- running ------------------------------------------------------------------------------
     def _context(self, name: str, key: str, tmp: Path, inputs: dict[str, Any], refs: dict[str, Any],
@@ -328,9 +355,17 @@ class Engine:
         self.log(f"{name} ({stage_type}): running" + (f" on {self.dist.world_size} ranks"
                                                        if distributed and self.dist.enabled else ""))
         start = time.perf_counter()
+        chatter = ctx.work_dir / CHATTER_LOG
         try:
-            output = fn(ctx)
+            if self.verbose:
+                output = fn(ctx)
+            else:
+                with third_party_output_to(chatter) as console:
+                    ctx.log = console.ours(ctx.log)
+                    output = fn(ctx)
             seconds = time.perf_counter() - start
+            if chatter.exists():  # the third-party output joins the stage's folder in the cache
+                shutil.move(chatter, tmp / CHATTER_LOG)
             own = output.artifact.id == key
             files = _file_records(tmp if own else self.cache_root / output.artifact.folder, output.artifact)
             write_json(tmp / "stage.json", {
@@ -348,6 +383,8 @@ class Engine:
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            if chatter.exists() and chatter.stat().st_size:
+                self.log(f"{name} ({stage_type}): what converters and runtimes printed is in {chatter}")
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 # a library writing its file hit a full disk: the user's problem, not an internal error
                 msg = (f"could not write {err.filename or tmp}: {err.strerror}; free space or choose another "
@@ -446,9 +483,10 @@ class Engine:
 
 
 def run_recipe(recipe: Recipe, log: Callable[[str], None] = print, show_progress: bool | None = None,
-               registry: Mapping[str, StageEntry] = STAGES) -> RunResult:
-    """Run ``recipe``; return where its manifest and report are."""
-    return Engine(recipe, log=log, show_progress=show_progress, registry=registry).run()
+               registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> RunResult:
+    """Run ``recipe``; return where its manifest and report are. ``verbose`` keeps what third-party code
+    prints on the console (default: each stage's ``stage.log``)."""
+    return Engine(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose).run()
 
 
 @dataclass
@@ -473,7 +511,7 @@ def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
 
 
 def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, show_progress: bool | None = None,
-              registry: Mapping[str, StageEntry] = STAGES) -> SeedsResult:
+              registry: Mapping[str, StageEntry] = STAGES, verbose: bool = False) -> SeedsResult:
     """Run ``recipe`` under ``count`` seeds (its seed, seed + 1, ...) one after another, then write
     ``seeds.json`` and ``seeds.md`` (mean ± std and per-seed values of every metric) in its run folder."""
     import json
@@ -487,7 +525,8 @@ def run_seeds(recipe: Recipe, count: int, log: Callable[[str], None] = print, sh
     runs: dict[int, RunResult] = {}
     for seed in range(recipe.seed, recipe.seed + count):
         log(f"seed {seed} ({seed - recipe.seed + 1} of {count})")
-        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry)
+        runs[seed] = run_recipe(seed_recipe(recipe, seed), log=log, show_progress=show_progress, registry=registry,
+                                verbose=verbose)
     summary = seed_summary({s: json.loads(r.manifest_path.read_text()) for s, r in runs.items()})
     out = recipe.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from compressor.core import readers
-from compressor.core.config import DataConfig, EmbeddingConfig, ModelSource, StageConfig, Strict
+from compressor.core.config import (
+    DataConfig,
+    EmbeddingConfig,
+    ModelSource,
+    Preprocess,
+    StageConfig,
+    Strict,
+    timm_preprocess,
+)
 from compressor.errors import Problem, RecipeError, did_you_mean
 from compressor.registry import STAGES, StageEntry
 from compressor.release.card import CardConfig
 from compressor.release.gates import GATE_TYPES, GateSet, reference_problems
+from compressor.runtime.model_files import file_preprocess
 from compressor.search_config import SearchConfig, space_problems
 
 SOURCE_STAGE = "model"
@@ -60,6 +69,17 @@ class RecipeSettings(Strict):
             raise ValueError(msg)
         if self.task == "embedding" and self.embedding is None:
             object.__setattr__(self, "embedding", EmbeddingConfig())
+        return self
+
+    @model_validator(mode="after")
+    def _source_preprocess(self) -> RecipeSettings:
+        # A timm model's pretrained config (mean, std, input size) is the default preprocessing.
+        if "preprocess" not in self.data.model_fields_set and (self.model.timm is not None or self.model.is_file):
+            # ...and so is the preprocessing an ONNX / OpenVINO file carries in its metadata.
+            found = timm_preprocess(self.model.timm) if self.model.timm is not None else file_preprocess(self.model)
+            if found is not None:
+                data = self.data.model_copy(update={"preprocess": Preprocess.model_validate(found)})
+                object.__setattr__(self, "data", data)
         return self
 
 
@@ -197,6 +217,22 @@ def _stage_refs(raw: dict[str, Any], entry: StageEntry) -> dict[str, Any]:
     return {field: raw[field] for field in entry.refs if raw.get(field) is not None}
 
 
+def _needs_pytorch(stages: list[Stage]) -> tuple[Stage, str] | None:
+    """The first stage that needs the PyTorch model (trains, prunes, distills, or exports from PyTorch)."""
+    for stage in stages:
+        if stage.entry.accepts == ("model",):
+            return stage, "needs the PyTorch model"
+        if getattr(stage.config, "mode", None) == "qat":
+            return stage, "(mode: qat) fine-tunes the PyTorch model"
+        if stage.type == "quantize" and getattr(stage.config, "format", None) == "tflite":
+            return stage, "(format: tflite) quantizes the PyTorch model"
+        if getattr(stage.config, "source", None) == "pytorch":
+            return stage, "(source: pytorch) converts the PyTorch model"
+        if stage.refs.get("teacher") is not None:
+            return stage, "needs a PyTorch teacher"
+    return None
+
+
 def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str, StageEntry] = STAGES) -> Recipe:
     """Validate a parsed YAML document; raise :class:`RecipeError` listing every problem."""
     if not isinstance(doc, dict):
@@ -266,7 +302,15 @@ def validate_document(doc: Any, source: str = "<recipe>", registry: Mapping[str,
     if problems or settings is None:
         raise RecipeError(source, problems)
     # Check that each reference names an artifact kind the stage accepts.
-    kinds = {SOURCE_STAGE: "model"}
+    if settings.model.is_file:
+        torch_only = _needs_pytorch(stages)
+        if torch_only is not None:
+            stage, why = torch_only
+            file_stages = sorted(t for t, e in registry.items() if set(e.accepts) - {"model"})
+            raise RecipeError(source, [Problem(f"stages[{stage.index}]", (
+                f'{stage.type} "{stage.name}" {why}, but the recipe\'s model is an {settings.model.kind} file '
+                f"({settings.model.file}); a file source works with {', '.join(file_stages)}"))])
+    kinds = {SOURCE_STAGE: settings.model.kind}
     for stage in stages:
         produced = stage.entry.produces
         if produced == "passthrough":

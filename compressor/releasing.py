@@ -74,7 +74,8 @@ def bundle_path(recipe: Recipe, version: str, out: Path | None) -> Path:
 
 def make_release(recipe: Recipe, version: str, *, out: Path | None = None, baseline: Path | None = None,
                  force: bool = False, log: Callable[[str], None] = print,
-                 show_progress: bool | None = None, registry: Mapping[str, StageEntry] = STAGES) -> ReleaseResult:
+                 show_progress: bool | None = None, registry: Mapping[str, StageEntry] = STAGES,
+                 verbose: bool = False) -> ReleaseResult:
     """Run ``recipe`` (reusing cached stages), evaluate its gates, and write the bundle.
 
     Raises:
@@ -95,7 +96,8 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
         # every seed's run decides the gates (over_seeds); the recipe's own seed's artifacts ship
         from compressor.engine import run_seeds
 
-        runs = run_seeds(recipe, recipe.seeds, log=log, show_progress=show_progress, registry=registry)
+        runs = run_seeds(recipe, recipe.seeds, log=log, show_progress=show_progress, registry=registry,
+                         verbose=verbose)
         by_seed = {s: json.loads(r.manifest_path.read_text()) for s, r in runs.runs.items()}
         run = by_seed[recipe.seed]
         results = combine_seeds(gates, {s: evaluate_gates(gates, benchmark_rows(m["stages"]),
@@ -104,7 +106,7 @@ def make_release(recipe: Recipe, version: str, *, out: Path | None = None, basel
         seeds = {"seeds": sorted(by_seed), "shipped_seed": recipe.seed,
                  "summary": json.loads(runs.summary_path.read_text())["entries"]}
     else:
-        result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry)
+        result = run_recipe(recipe, log=log, show_progress=show_progress, registry=registry, verbose=verbose)
         run = json.loads(result.manifest_path.read_text())
     run_stages = run["stages"]
     rows = benchmark_rows(run_stages)

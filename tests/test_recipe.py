@@ -97,7 +97,8 @@ def test_model_source_needs_exactly_one() -> None:
     doc = copy.deepcopy(TINY_RECIPE)
     doc["model"] = {"arch": "resnet18", "entry_point": "a.b:c"}
     assert problems_of(doc) == [
-        "model: give exactly one of 'arch' (a torchvision name) or 'entry_point' ('package.module:factory')"
+        "model: give exactly one of 'arch' (a torchvision name), 'entry_point' ('package.module:factory'), "
+        "'timm' (a timm model name), 'onnx' (a file) or 'openvino' (an .xml file); got arch, entry_point"
     ]
 
 

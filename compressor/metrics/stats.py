@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from compressor.metrics.names import BINARY
+
 DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
@@ -360,7 +362,7 @@ def even_subset(total: int, count: int | None) -> np.ndarray:
 # count when a target scored an even subset, and one packed
 # vector per metric: bits for top1 / top5 / rank1 / rank5, float16 AP per query for map}.
 
-BINARY_METRICS = ("top1", "top5", "rank1", "rank5")
+BINARY_METRICS = BINARY
 
 
 def labels_digest(labels: np.ndarray) -> str:

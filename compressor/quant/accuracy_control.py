@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from compressor.errors import AccuracyGoalError
+from compressor.metrics.names import HEADLINE, key_of
+from compressor.metrics.names import label as metric_label
 from compressor.quant.runners import Scorer, top1
 from compressor.quant.sensitivity import QuantizeFn
 
@@ -23,8 +25,8 @@ class ControlResult:
 
 
 def attempts_table(attempts: Sequence[dict[str, Any]]) -> str:
-    key = next((k for k in ("top1", "rank1", "map") if attempts and k in attempts[0]), "top1")
-    label = {"top1": "top-1", "rank1": "rank-1", "map": "mAP"}[key]
+    key = next((k for k in HEADLINE if attempts and k in attempts[0]), "top1")
+    label = metric_label(key)
     lines = [f"  layers in float | {label:>5} % | drop pt | last layer returned to float"]
     lines += [f"  {a['float_layers']:>15} | {a[key]:>7.2f} | {a['drop']:>7.2f} | {a['added'] or '-'}"
               for a in attempts]
@@ -40,7 +42,7 @@ def restore_until_within(quantize: QuantizeFn, ranking: Sequence[str], images: n
     Raises:
         AccuracyGoalError: no k up to ``max_layers`` meets ``max_drop``; the message holds the table.
     """
-    key = {"rank-1": "rank1", "mAP": "map"}.get(metric, "top1")
+    key = key_of(metric)
     attempts: list[dict[str, Any]] = []
     start = 0
     if first is not None:

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from compressor.core.config import Strict
 from compressor.errors import Problem, did_you_mean
+from compressor.metrics.names import measured
 from compressor.metrics.stats import (
     DEFAULT_LEVEL,
     Decide,
@@ -422,7 +423,7 @@ class _Evaluator:
     def check(self, gate: GateBase, artifact: str, row: dict[str, Any]) -> None:
         metric = getattr(gate, "metric", None)
         if metric is not None and row.get(metric) is None:
-            have = [k for k in ("top1", "top5", "rank1", "rank5", "map") if row.get(k) is not None]
+            have = measured(row)
             self.add(gate, artifact, _where(row, False), f"{metric}", "not measured", False,
                      f"the row has no {metric}; it has {', '.join(have) or 'no accuracy'} (set the gate's metric)")
             return

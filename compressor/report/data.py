@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import CompressorError
+from compressor.metrics.names import headline_key
+from compressor.metrics.names import label as metric_label
 from compressor.metrics.stats import drop_interval
 
 # Keys that identify "the same measurement" in two runs.
@@ -100,10 +102,7 @@ def teacher_stage(run: RunData) -> str | None:
 
 def accuracy_key(rows: list[dict[str, Any]]) -> str:
     """The accuracy the rows report: top1 for classifiers, rank1 (or map) for embedding models."""
-    for key in ("top1", "rank1", "map"):
-        if any(r.get(key) is not None for r in rows):
-            return key
-    return "top1"
+    return headline_key(rows) or "top1"
 
 
 # What makes two rows "the same runtime": where and how they were measured.
@@ -205,7 +204,7 @@ def answer_lines(ans: dict[str, Any]) -> list[str]:
     """The three lines a report opens with."""
     fastest, speed, loss = [], [], []
     key = ans.get("metric", "top1")
-    label = {"top1": "top-1", "rank1": "rank-1", "map": "mAP"}.get(key, key)
+    label = metric_label(key)
     for target, e in ans["targets"].items():
         if e.get("emulated"):
             fastest.append(f"{target}: emulated, latency not ranked")

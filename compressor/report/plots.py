@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import MissingExtraError
+from compressor.metrics.names import label as metric_label
 from compressor.report.data import accuracy_key, ok_latency_rows, row_key
 
 
@@ -35,7 +36,7 @@ def _log_x(ax: Any, values: list[float]) -> None:
         lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
 
 
-def _label(r: dict[str, Any]) -> str:
+def label_of(r: dict[str, Any]) -> str:
     return f"{r['stage']} {r['format']}/{r['precision']}" + (f" {r['backend']}" if r["format"] != "model" else "")
 
 
@@ -62,14 +63,13 @@ def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any
         return None
     base = {row_key(r): r for r in ok_latency_rows(baseline or []) if r.get(key) is not None}
     targets = _targets(cur)
-    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4.8), squeeze=False, dpi=110)
     for ax, target in zip(axes[0], targets, strict=True):
         mine = [r for r in cur if r.get("target", "local") == target]
         pts = [(r["median_ms"], r[key]) for r in mine]
         front = pareto(pts)
         for i, r in enumerate(mine):
             ax.scatter(*pts[i], s=60, zorder=3, color="tab:red" if i in front else "tab:blue")
-            ax.annotate(_label(r), pts[i], textcoords="offset points", xytext=(5, 5), fontsize=8)
             b = base.get(row_key(r))
             if b is not None:
                 ax.scatter(b["median_ms"], b[key], s=60, facecolors="none", edgecolors="grey", zorder=2)
@@ -82,16 +82,72 @@ def accuracy_vs_latency(rows: list[dict[str, Any]], baseline: list[dict[str, Any
         emulated = any(r.get("emulated") for r in mine)
         _log_x(ax, [p[0] for p in pts] + [b["median_ms"] for b in base.values() if b.get("target") == target])
         ax.set_xlabel("median latency, ms" + (" — EMULATED, not comparable" if emulated else ""))
-        ax.set_ylabel({"top1": "top-1", "rank1": "rank-1", "map": "mAP"}[key] + " %")
+        ax.set_ylabel(metric_label(key) + " %")
         batch = mine[0]["batch"]
         ax.set_title(f"{target}{' (emulated)' if emulated else ''}: batch {batch}, latency mode")
         ax.grid(alpha=0.3)
         ax.margins(x=0.25, y=0.15)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    for ax, target in zip(axes[0], targets, strict=True):  # labels last: they need the final axes box
+        mine = [r for r in cur if r.get("target", "local") == target]
+        place_labels(ax, [(r["median_ms"], r[key]) for r in mine], [label_of(r) for r in mine])
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Where a label may go around its point (offset in points, alignment), nearest first; tried at growing radii.
+_DIRECTIONS = ((1, 1, "left", "bottom"), (1, -1, "left", "top"), (-1, 1, "right", "bottom"),
+               (-1, -1, "right", "top"), (0, 1.4, "center", "bottom"), (0, -1.4, "center", "top"),
+               (1.4, 0, "left", "center"), (-1.4, 0, "right", "center"))
+
+
+def place_labels(ax: Any, points: list[tuple[float, float]], labels: list[str], fontsize: int = 8) -> list[Any]:
+    """Annotate each point with its label where it overlaps no other label, no point and stays inside the
+    axes: nearest free position first, at growing distances (with a leader line when moved away); a label
+    with no free place left keeps the least crowded one."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    dots = [ax.transData.transform(p) for p in points]
+    marks = [Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in dots]
+    placed: list[Any] = []
+    out = []
+    for i, (point, text) in enumerate(zip(points, labels, strict=True)):
+        best = None
+        # toward the middle of the axes first, so labels near an edge are not cut off
+        toward = 1 if dots[i][0] < (frame.x0 + frame.x1) / 2 else -1
+        directions = sorted(_DIRECTIONS, key=lambda d: -d[0] * toward)
+        for radius in (5, 12, 22, 34, 48, 64):
+            for dx, dy, ha, va in directions:
+                ann = ax.annotate(text, point, xytext=(dx * radius, dy * radius), textcoords="offset points",
+                                  ha=ha, va=va, fontsize=fontsize, zorder=4,
+                                  arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6} if radius > 12 else None)
+                ann.update_positions(renderer)
+                box = Text.get_window_extent(ann, renderer).expanded(1.04, 1.15)  # the text, not its leader line
+                inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                clashes = sum(box.overlaps(b) for b in placed) + sum(
+                    box.overlaps(m) for j, m in enumerate(marks) if j != i)
+                score = clashes * 10 + (0 if inside else 25)
+                if best is None or score < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (score, ann, box)
+                else:
+                    ann.remove()
+                if score == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        assert best is not None
+        placed.append(best[2])
+        out.append(best[1])
+    return out
 
 
 def size_per_artifact(rows: list[dict[str, Any]], baseline: list[dict[str, Any]] | None, path: Path) -> Path | None:
@@ -158,13 +214,13 @@ def latency_distribution(rows: list[dict[str, Any]], baseline: list[dict[str, An
         stats, colors = [], []
         for r in mine:
             b = base.get(row_key(r))
-            if b is not None and (box := _box(b, _label(r) + " (baseline)")):
+            if b is not None and (box := _box(b, label_of(r) + " (baseline)")):
                 stats.append(box)
                 colors.append("lightgrey")
             change = ""
             if b is not None and b.get("median_ms"):
                 change = f" ({(r['median_ms'] / b['median_ms'] - 1) * 100:+.0f}% median)"
-            if box := _box(r, _label(r) + change):
+            if box := _box(r, label_of(r) + change):
                 stats.append(box)
                 colors.append("tab:blue")
         artists = ax.bxp(stats, orientation="horizontal", patch_artist=True, showfliers=True)

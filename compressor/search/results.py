@@ -13,15 +13,16 @@ STATUS = {"COMPLETE": "complete", "PRUNED": "stopped early", "FAIL": "failed", "
 
 def trial_rows(trials: list[Any], cfg: SearchConfig) -> list[dict[str, Any]]:
     """Every trial as a plain row (trials that found the budget spent when they started are left out)."""
-    retried_as = {int(t.system_attrs["failed_trial"]): t.number for t in trials
-                  if t.system_attrs.get("failed_trial") is not None}
+    # a retry's history ends with the trial it replaces (a chain of deaths: 1 -> 3 -> 5)
+    retried_as = {int(t.system_attrs["retry_history"][-1]): t.number for t in trials
+                  if t.system_attrs.get("retry_history")}
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         attrs = t.user_attrs
         if attrs.get("over_budget"):
             continue
         status = STATUS.get(t.state.name, t.state.name.lower())
-        note = attrs.get("error") or (t.system_attrs.get("pruned") or "")
+        note = attrs.get("error") or attrs.get("stopped") or ""
         if t.state.name == "FAIL" and "error" not in attrs:
             later = retried_as.get(t.number)
             status = "worker died"
@@ -34,7 +35,7 @@ def trial_rows(trials: list[Any], cfg: SearchConfig) -> list[dict[str, Any]]:
             "progress": attrs.get("progress") or {}, "keys": attrs.get("keys") or {},
             "reused": attrs.get("reused") or [], "seconds": attrs.get("seconds"), "worker": attrs.get("worker"),
             "baseline": bool(attrs.get("baseline")), "retry_of": t.system_attrs.get("failed_trial"),
-            "note": note or attrs.get("stopped", ""), "run_dir": attrs.get("run_dir"),
+            "note": note, "run_dir": attrs.get("run_dir"),
         })
     return rows
 

@@ -143,6 +143,9 @@ def search(doc: dict[str, Any], recipe: Recipe, opts: SearchOptions, report_only
     study = open_study(doc, recipe, cfg, opts, 0)
     if not report_only:
         _enqueue_baseline(study, doc, recipe, cfg, opts.log)
+        if recipe.settings.seeds:
+            opts.log(f"seeds: {recipe.settings.seeds} is for compressor run: each trial runs once, under seed "
+                     f"{recipe.seed}; check the chosen plan with: compressor run best.yaml --seeds {recipe.settings.seeds}")
         opts.log(f"search {recipe.name}: study '{opts.study_name}' in {redact(opts.storage)}, "
                  f"{len(study.get_trials(deepcopy=False))} trial(s) so far; stage cache {opts.cache_dir}")
         until = deadline(cfg, time.monotonic())

@@ -30,7 +30,7 @@ def source_model_of(ctx: StageContext) -> Artifact:
     """The PyTorch model artifact behind the stage's input (the input itself, or an export's source)."""
     if ctx.input.kind == "model":
         return ctx.input
-    if "source_model" not in ctx.input.meta:
+    if not ctx.input.meta.get("source_model"):
         msg = f"input artifact of kind {ctx.input.kind} does not record the PyTorch model it came from"
         raise ExportError(msg)
     return Artifact.model_validate(ctx.input.meta["source_model"])

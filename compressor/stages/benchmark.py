@@ -76,7 +76,7 @@ def _rows_for(art: Artifact, cfg: BenchmarkConfig) -> list[str]:
 def _reference_logits(ctx: StageContext, art: Artifact, images: np.ndarray, memo: dict[str, np.ndarray]) -> np.ndarray | None:
     """Logits of the PyTorch model an artifact came from (itself for a model artifact)."""
     source = art if art.kind == "model" else (Artifact.model_validate(art.meta["source_model"])
-                                              if "source_model" in art.meta else None)
+                                              if art.meta.get("source_model") else None)
     if source is None:
         return None
     if source.id not in memo:

@@ -20,7 +20,7 @@ from compressor.core.config import ModelSource, StageConfig, Strict
 from compressor.core.context import StageContext, StageOutput
 from compressor.errors import CompressorError
 from compressor.metrics.evaluation import task_of
-from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_top1
+from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_score
 from compressor.train.losses import dkd_loss, embedding_distill_loss, hint_loss, kd_loss, relational_loss
 from compressor.train.models import load_stage_model, save_stage_model
 from compressor.train.students import FeatureTap, TeacherLogitCache, build_student, hint_adapter
@@ -184,13 +184,13 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
                "they must agree (set student.num_classes)")
         raise CompressorError(msg)
     m = task.primary
-    teacher_top1 = val_top1(teacher, ctx)
+    teacher_top1 = val_score(teacher, ctx)
 
     metrics: dict[str, Any] = {f"teacher_{m}": teacher_top1, "loss": cfg.loss.type}
     if cfg.baseline:
         ctx.log(f"{ctx.name}: training the student from scratch (baseline)")
         scratch = fit(student, ctx, cfg, desc="scratch")
-        metrics |= {f"scratch_{m}": scratch.best_top1, "scratch_history": scratch.history}
+        metrics |= {f"scratch_{m}": scratch.best_score, "scratch_history": scratch.history}
         student.load_state_dict(initial)
 
     hint = None
@@ -228,17 +228,17 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
         metrics["teacher_cosine"] = task.agreement(predict(student, images, ctx.device),
                                                    predict(teacher, images, ctx.device))["mean_cosine"]
     metrics |= {
-        f"val_{m}": result.best_top1, f"student_{m}": result.best_top1,
-        "gap_to_teacher": round(teacher_top1 - result.best_top1, 3),
+        f"val_{m}": result.best_score, f"student_{m}": result.best_score,
+        "gap_to_teacher": round(teacher_top1 - result.best_score, 3),
         "epochs_run": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history, "macs": artifact.meta["macs"], "params": artifact.meta["params"],
         "teacher_macs": teacher_art.meta.get("macs"), "teacher_params": teacher_art.meta.get("params"),
         "teacher_logits_cached": cache is not None,
     }
     if cfg.baseline:
-        metrics["gain_over_scratch"] = round(result.best_top1 - metrics[f"scratch_{m}"], 3)
+        metrics["gain_over_scratch"] = round(result.best_score - metrics[f"scratch_{m}"], 3)
     if cache is not None:
         metrics["teacher_cache_hit_rate"] = round(cache.hits / max(1, cache.hits + cache.misses), 4)
-    ctx.log(f"{ctx.name}: {task.label}: teacher {teacher_top1:.2f}, distilled student {result.best_top1:.2f}"
+    ctx.log(f"{ctx.name}: {task.label}: teacher {teacher_top1:.2f}, distilled student {result.best_score:.2f}"
             + (f", from scratch {metrics[f'scratch_{m}']:.2f}" if cfg.baseline else ""))
     return StageOutput(artifact, metrics)

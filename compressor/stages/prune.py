@@ -19,7 +19,7 @@ from compressor.core.config import StageConfig, Strict
 from compressor.core.context import StageContext, StageOutput
 from compressor.metrics.classification import count_params
 from compressor.metrics.evaluation import task_of
-from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_top1
+from compressor.train.fit import LossFn, TrainOptions, embedding_loss, fit, val_score
 from compressor.train.losses import embedding_distill_loss, kd_loss, triplet_batch_hard
 from compressor.train.models import build_from_meta, load_stage_model, save_stage_model, structure_of
 from compressor.train.pruning import (
@@ -125,7 +125,7 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
     example = torch.randn(1, *ctx.data.input_shape, generator=torch.Generator().manual_seed(ctx.seed)).to(ctx.device)
     with torch.no_grad():
         out_shape = model.eval()(example).shape
-    top1_before = val_top1(model, ctx)
+    top1_before = val_score(model, ctx)
     params_before = count_params(model)
     teacher = copy.deepcopy(model).eval() if cfg.distill is not None else None
     pruner = ChannelPruner(model, example, cfg, steps=cfg.steps,
@@ -152,8 +152,8 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
         plain: LossFn = base_loss or (lambda m, x, y: criterion(m(x), y))
         opts = train.model_copy(update={"epochs": cfg.sparsity.epochs, "lr": cfg.sparsity.lr or train.lr})
         result = fit(model, ctx, opts, loss_fn=_with_regularizer(pruner, plain), extra=head, desc="sparsity")
-        metrics["top1_after_sparsity"] = result.best_top1
-        ctx.log(f"{ctx.name}: sparsity training ({cfg.sparsity.method}) val top-1 {result.best_top1:.2f}")
+        metrics["top1_after_sparsity"] = result.best_score
+        ctx.log(f"{ctx.name}: sparsity training ({cfg.sparsity.method}) val top-1 {result.best_score:.2f}")
 
     history = []
     for step in range(1, cfg.steps + 1):
@@ -164,10 +164,10 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
         model.zero_grad(set_to_none=True)
         check_runs(model, example, out_shape)
         record: dict[str, Any] = {"step": step, "macs": macs, "params": count_params(model),
-                                  "top1_pruned": val_top1(model, ctx)}
+                                  "top1_pruned": val_score(model, ctx)}
         if cfg.finetune is not None:
             result = fit(model, ctx, cfg.finetune, loss_fn=base_loss, extra=head, desc=f"finetune{step}")
-            record.update(top1_finetuned=result.best_top1, finetune_history=result.history)
+            record.update(top1_finetuned=result.best_score, finetune_history=result.history)
         history.append(record)
         ctx.log(f"{ctx.name}: step {step}/{cfg.steps}: MACs {macs / pruner.base_macs:.1%} of the original, "
                 f"val top-1 {record['top1_pruned']:.2f} pruned"

@@ -131,7 +131,7 @@ class QuantizeConfig(StageConfig):
 def _source_model(ctx: StageContext) -> torch.nn.Module:
     art = ctx.input
     if art.kind != "model":
-        if "source_model" not in art.meta:
+        if not art.meta.get("source_model"):
             raise StageError(ctx.name, f"input '{ctx.refs.get('input')}' ({art.kind}) does not record its PyTorch "
                                        "model (meta source_model); take a model artifact as input instead")
         art = Artifact.model_validate(art.meta["source_model"])
@@ -475,7 +475,7 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     drop = round(fp32_top1 - int8_top1, 3)
     metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
                "int8_top1": int8_top1,
-               "drop": drop, "qat_best_val_top1": result.best_top1,
+               "drop": drop, "qat_best_val_top1": result.best_score,
                "qat_history": result.history, "eval_images": len(images), "settings": settings,
                "top1_agreement" if not task.is_embedding else "cosine_agreement_pct":
                    round(task.agreement_value(task.agreement(int8_logits, fp32_logits)), 3),

@@ -17,7 +17,7 @@ def run_train(cfg: TrainConfig, ctx: StageContext) -> StageOutput:
     result = fit(model, ctx, cfg)
     artifact = save_stage_model(ctx, model, ctx.input.meta)
     return StageOutput(artifact, {
-        f"val_{result.metric}": result.best_top1, "epochs_run": result.epochs_run,
+        f"val_{result.metric}": result.best_score, "epochs_run": result.epochs_run,
         "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
         "macs": artifact.meta["macs"], "params": artifact.meta["params"],
     })

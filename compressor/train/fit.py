@@ -49,13 +49,16 @@ class TrainOptions(Strict):
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     early_stop_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better val top-1.")
     amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
+    freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="Train only the classifier for this "
+                                        "many first epochs (transfer learning: a new head on pretrained weights).")
 
 
 @dataclass
 class FitResult:
-    """``best_top1`` holds the task's primary metric (``metric``: top1, or rank1 / map for embeddings)."""
+    """``best_score`` is the best validation score of the task's primary metric (``metric``: top1, or
+    rank1 / map for embeddings)."""
 
-    best_top1: float
+    best_score: float
     epochs_run: int
     resumed_from_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
@@ -99,7 +102,6 @@ def val_score(model: nn.Module, ctx: StageContext) -> float:
     return round(correct / max(count, 1.0) * 100, 3)
 
 
-val_top1 = val_score  # the name stages have always used; it follows the task
 
 
 def embedding_loss(model: nn.Module, ctx: StageContext) -> tuple[LossFn, nn.Module]:
@@ -204,6 +206,18 @@ def _sync_buffers(model: nn.Module, ctx: StageContext) -> None:
             dist.broadcast(buf, src=0)
 
 
+def _backbone_params(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` outside its classifier (see :func:`~compressor.train.models.classifier_name`)."""
+    from compressor.train.models import classifier_name
+
+    name = classifier_name(model)
+    if name is None:
+        msg = "freeze_backbone_epochs: the model has no Linear or Conv2d classifier to train alone"
+        raise CompressorError(msg)
+    head = {id(p) for p in model.get_submodule(name).parameters()}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
 def fit(
     model: nn.Module,
     ctx: StageContext,
@@ -266,6 +280,7 @@ def fit(
         optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
     )
     use_amp = opts.amp and device.type == "cuda"
+    backbone = _backbone_params(model) if opts.freeze_backbone_epochs else []
 
     ckpt_path = ctx.work_dir / f"{desc}-last.pt"
     start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
@@ -316,6 +331,9 @@ def fit(
                 raise TrainingDiverged(msg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if epoch < opts.freeze_backbone_epochs:
+                for p in backbone:  # no gradient: the optimizer leaves them as they are (no decay, no momentum)
+                    p.grad = None
             if opts.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, opts.grad_clip)
             optimizer.step()
@@ -351,5 +369,5 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_top1=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
+    return FitResult(best_score=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
                      metric=task.primary)

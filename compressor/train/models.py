@@ -15,7 +15,7 @@ from compressor.core.artifacts import Artifact
 from compressor.core.config import ModelSource
 from compressor.core.context import StageContext
 from compressor.core.readers import read_checkpoint
-from compressor.errors import CheckpointError, ModelSourceError, did_you_mean
+from compressor.errors import CheckpointError, MissingExtraError, ModelSourceError, did_you_mean
 
 
 def torchvision_names() -> list[str]:
@@ -52,8 +52,43 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     raise ModelSourceError(msg)
 
 
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError as err:
+        what = "model: {timm: ...}"
+        raise MissingExtraError(what, "timm", "timm") from err
+    return timm
+
+
+def _build_timm(name: str, kwargs: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    timm = _timm()
+    if not timm.is_model(name):
+        names = list(timm.list_models())
+        msg = f'unknown timm model "{name}"{did_you_mean(name, names)}'
+        raise ModelSourceError(msg)
+    if kwargs.get("pretrained") or "pretrained_cfg_overlay" in kwargs:
+        msg = ("model.kwargs.pretrained: nothing is downloaded; give the pretrained weights as a file with "
+               "model.checkpoint (a state dict or .safetensors)")
+        raise ModelSourceError(msg)
+    for key in ("num_classes", "in_chans"):
+        if key in kwargs:
+            msg = f"model.kwargs.{key}: set by compressor (model.num_classes / model.in_channels); remove it"
+            raise ModelSourceError(msg)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except TypeError as err:
+        msg = f"timm {name} rejected model.kwargs {kwargs}: {err}"
+        raise ModelSourceError(msg) from err
+
+
 def build_model(source: ModelSource, num_classes: int, in_channels: int) -> nn.Module:
-    """Build an untrained model from a torchvision name or an entry point."""
+    """Build an untrained model from a torchvision name, a timm name or an entry point."""
+    if source.is_file:
+        msg = f"model source {source.label()} is a file, not a PyTorch model; this step needs PyTorch"
+        raise ModelSourceError(msg)
+    if source.timm is not None:
+        return _build_timm(source.timm, dict(source.kwargs), num_classes, in_channels)
     if source.arch is not None:
         import torchvision
 
@@ -76,7 +111,9 @@ def build_model(source: ModelSource, num_classes: int, in_channels: int) -> nn.M
             msg = (f"entry point {source.entry_point}: cannot import module '{module_name}' "
                    f"({type(err).__name__}: {err}); check the name and that it is on PYTHONPATH")
             raise ModelSourceError(msg) from err
-        factory = getattr(module, attr, None)
+        factory: Any = module
+        for part in attr.split("."):  # 'module:Class.from_name' reaches a classmethod
+            factory = getattr(factory, part, None)
         if not callable(factory):
             msg = f"entry point {source.entry_point}: module '{module_name}' has no callable '{attr}'"
             raise ModelSourceError(msg)
@@ -101,8 +138,24 @@ def build_model(source: ModelSource, num_classes: int, in_channels: int) -> nn.M
     return model
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        what = f"checkpoint {path.name}"
+        raise MissingExtraError(what, "timm", "safetensors") from err
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as err:  # noqa: BLE001 - a damaged header fails in the Rust reader
+        msg = f"checkpoint {path} is not a readable .safetensors file (truncated or corrupt?): {err}"
+        raise CheckpointError(msg) from err
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (``weights_only=True``, every tensor finite); errors name the file and the fix."""
+    """Load a state dict safely (``weights_only=True``, every tensor finite; ``.safetensors`` through
+    safetensors); errors name the file and the fix."""
+    if path.suffix == ".safetensors" and path.is_file():
+        return _read_safetensors(path)
     return read_checkpoint(path)
 
 
@@ -123,12 +176,136 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
             if last_linear and key.startswith(last_linear[-1] + "."):
                 msg = (f"checkpoint {origin} has {state[key].shape[0]} classes (key '{key}' shape "
                        f"{tuple(state[key].shape)}) but the model is built for {tensor.shape[0]}; "
-                       "set model.num_classes or use data with the checkpoint's classes")
+                       "set head: replace to fine-tune its backbone on the data's classes (or model.num_classes, "
+                       "or use data with the checkpoint's classes)")
             else:
                 msg = (f"checkpoint {origin} does not match the architecture: key '{key}' has shape "
                        f"{tuple(state[key].shape)} in the checkpoint and {tuple(tensor.shape)} in the model")
             raise CheckpointError(msg)
     model.load_state_dict(state, strict=True)
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """Module name of the classifier: timm's ``get_classifier()``, else the last Linear/Conv2d."""
+    names = {id(m): n for n, m in model.named_modules()}
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Module) and id(head) in names and not isinstance(head, nn.Identity):
+            return names[id(head)]
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            last = name
+    return last
+
+
+def _adapt_first_conv(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """RGB weights of the first convolution summed for a greyscale model (timm's adapt_input_conv)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            key = f"{name}.weight" if name else "weight"
+            w = state.get(key)
+            if (w is not None and w.ndim == 4 and w.shape[1] == 3 and module.in_channels == 1
+                    and module.groups == 1 and w.shape[0] == module.out_channels):
+                state[key] = w.sum(dim=1, keepdim=True)
+                return [key]
+            return []
+    return []
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor], origin: str, head: str,
+                    num_classes: int) -> dict[str, Any]:
+    """Load ``state`` into a freshly built ``model``; ``head: replace`` keeps the backbone only.
+
+    With ``replace`` every key of the classifier (see :func:`classifier_name`) is left out and the
+    classifier is re-initialised for ``num_classes`` (timm models through ``reset_classifier``);
+    every other key must match. RGB first-layer weights are summed for a one-channel model.
+
+    Returns:
+        what was done, for the manifest: ``head`` (kept / replaced), the classifier's name, the
+        checkpoint's class count, the keys replaced and the keys adapted.
+    """
+    state = dict(state)
+    adapted = _adapt_first_conv(model, state)
+    if head == "keep":
+        load_state(model, state, origin)
+        return {"head": "kept", "adapted": adapted}
+    name = classifier_name(model)
+    if name is None:
+        msg = f"head: replace: the model has no Linear or Conv2d classifier to replace (checkpoint {origin})"
+        raise CheckpointError(msg)
+    prefix = f"{name}."
+    current = model.state_dict()
+    replaced = sorted(k for k in {*state, *current} if k.startswith(prefix))
+    weight = state.get(f"{prefix}weight")
+    merged = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    merged.update({k: v for k, v in current.items() if k.startswith(prefix)})
+    load_state(model, merged, origin)
+    reset = getattr(model, "reset_classifier", None)
+    if callable(reset):
+        reset(num_classes)
+    else:
+        for module in model.get_submodule(name).modules():
+            init = getattr(module, "reset_parameters", None)
+            if callable(init):
+                init()
+    return {"head": "replaced", "classifier": name, "replaced_keys": replaced, "adapted": adapted,
+            "checkpoint_classes": int(weight.shape[0]) if weight is not None and weight.ndim else None,
+            "classes": num_classes}
+
+
+def torchvision_weights_file(arch: str, name: str) -> tuple[Path, str]:
+    """(file in the local torch hub cache, its download address) of torchvision weights ``arch``/``name``.
+
+    Raises:
+        CheckpointError: unknown weight name (the known ones listed), or the file is not in the cache
+            (saying where to put it; nothing is downloaded).
+    """
+    from urllib.parse import urlparse
+
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError) as err:
+        msg = f"model.weights: torchvision {arch} has no pretrained weights"
+        raise CheckpointError(msg) from err
+    known = [w.name for w in enum]
+    if name not in known:
+        msg = f'model.weights: torchvision {arch} has no weights "{name}"{did_you_mean(name, known)}; known: {", ".join(known)}'
+        raise CheckpointError(msg)
+    url = enum[name].url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / Path(urlparse(url).path).name
+    if not path.is_file():
+        msg = (f"model.weights {name}: {path.name} is not in the local torch hub cache {folder} and nothing is "
+               f"downloaded; put the file there (from {url}), or set TORCH_HOME to the folder holding "
+               "hub/checkpoints, or give the file with model.checkpoint")
+        raise CheckpointError(msg)
+    return path, url
+
+
+def load_source_weights(model: nn.Module, source: ModelSource, num_classes: int) -> dict[str, Any] | None:
+    """Load the source's pretrained weights (checkpoint file or torchvision weight name) into ``model``.
+
+    Returns:
+        the weights' provenance for the manifest (origin, file, sha256, and what ``head`` did), or
+        None when the source has no weights.
+    """
+    from compressor.core.artifacts import sha256_file
+
+    if source.weights is not None:
+        assert source.arch is not None
+        path, url = torchvision_weights_file(source.arch, source.weights)
+        origin = f"torchvision {source.arch} {source.weights}"
+    elif source.checkpoint is not None:
+        path, url, origin = source.checkpoint_file() or source.checkpoint, None, "checkpoint"
+    else:
+        return None
+    record = load_pretrained(model, read_state_dict(path), str(path), source.head, num_classes)
+    return {"origin": origin, "file": str(path), "sha256": sha256_file(path), **({"url": url} if url else {}),
+            **record}
 
 
 # --- the saved form of a model artifact --------------------------------------------------------
@@ -249,7 +426,8 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> N
 def model_meta(source: ModelSource, num_classes: int, in_channels: int,
                structure: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
-        "spec": source.model_dump(mode="json", exclude={"checkpoint"}),
+        # what rebuilds the architecture: the weights' origin is recorded apart (meta "pretrained")
+        "spec": source.model_dump(mode="json", exclude={"checkpoint", "weights", "head"}),
         "num_classes": num_classes,
         "in_channels": in_channels,
         "structure": structure or {},

@@ -99,9 +99,13 @@ _MIXING_FUNCS = {
 }
 
 
-def _keeps_channels(x: torch.Tensor, out: torch.Tensor) -> bool:
-    """Shape-preserving, or a flatten of everything after the batch dim (handled by torch-pruning)."""
-    if tuple(out.shape) == tuple(x.shape):
+def _keeps_channels(x: torch.Tensor, out: torch.Tensor, channels_last: bool = False) -> bool:
+    """Shape-preserving, only adding or removing size-1 dimensions (a squeeze), keeping the batch and
+    channel dimensions of an NCHW tensor (``flatten(2)``), or a flatten of everything after the batch
+    dim (handled by torch-pruning)."""
+    if tuple(out.shape) == tuple(x.shape) or [d for d in out.shape if d != 1] == [d for d in x.shape if d != 1]:
+        return True
+    if not channels_last and x.ndim >= 3 and out.ndim >= 3 and tuple(out.shape[:2]) == tuple(x.shape[:2]):
         return True
     return x.ndim > 2 and out.ndim == 2 and out.shape[0] == x.shape[0] and out.shape[1] == x[0].numel()
 
@@ -122,20 +126,72 @@ def _explicit_split(func: Any, x: torch.Tensor, arg: Any, dim: int) -> Any:
     return torch.split(x, sizes, dim)
 
 
+_ACTIVATION = "_compressor_activation"
+_CHANNELS_LAST = "_compressor_channels_last"
+_PERMUTES = {torch.Tensor.permute, torch.permute}
+_TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def _is_activation(value: Any) -> bool:
+    """A tensor computed from the traced input (weights and what is computed from them alone are not)."""
+    return isinstance(value, torch.Tensor) and getattr(value, _ACTIVATION, False)
+
+
+def _mark(out: Any, channels_last: bool = False) -> Any:
+    for t in out if isinstance(out, tuple | list) else (out,):
+        if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+            setattr(t, _ACTIVATION, True)
+            setattr(t, _CHANNELS_LAST, channels_last)
+    return out
+
+
+def mark_input(example: torch.Tensor) -> torch.Tensor:
+    """Tag the traced input: only reshapes of tensors computed from it can mix channels."""
+    return _mark(example)
+
+
+def _permute_dims(args: Any, kwargs: dict[str, Any]) -> tuple[int, ...]:
+    dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims", ()))
+    return tuple(int(d) for d in dims)
+
+
 class _TraceMode(TorchFunctionMode):
+    """Runs channel-mixing reshapes of activations as opaque nodes.
+
+    Not channel-mixing: a reshape of a weight (timm's ``ScaledStdConv2d`` standardises its weight through
+    one), a squeeze, a reshape that keeps the batch and channel dimensions (``flatten(2)``), and the
+    NCHW -> NHWC -> NCHW round trip of channels-last norms (timm's ``LayerNorm2d``, ``LayerNormAct2d``):
+    between the two permutes the channels are the last dimension, where torch-pruning's LayerNorm and
+    Linear pruners expect them, and any other reshape there is opaque.
+    """
+
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in _EVEN_SPLITS and len(args) >= 2 and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        flat = [a for arg in args for a in (arg if isinstance(arg, tuple | list) else (arg,))]
+        tagged = [a for a in (*flat, *kwargs.values()) if _is_activation(a)]
+        if not tagged:
+            return func(*args, **kwargs)
+        channels_last = any(getattr(a, _CHANNELS_LAST, False) for a in tagged)
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            return _mark(func(*args, **kwargs), channels_last)
+        if func in _EVEN_SPLITS and len(args) >= 2 and _is_activation(x) and x.requires_grad:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-            out = _explicit_split(func, args[0], args[1], dim)
+            out = _explicit_split(func, x, args[1], dim)
             if out is not None:
-                return out
-        if func in _MIXING_FUNCS and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                return _mark(out, channels_last)
+        if func in _MIXING_FUNCS and _is_activation(x) and x.requires_grad:
+            if func in _PERMUTES and x.ndim == 4:
+                dims = _permute_dims(args, kwargs)
+                if dims == _TO_NHWC and not channels_last:
+                    return _mark(func(*args, **kwargs), True)
+                if dims == _TO_NCHW and channels_last:
+                    return _mark(func(*args, **kwargs), False)
             out = func(*args, **kwargs)
-            if isinstance(out, torch.Tensor) and not _keeps_channels(args[0], out):
-                return ChannelMixing.apply(args[0], func, tuple(args[1:]), kwargs)
-            return out
-        return func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and not _keeps_channels(x, out, channels_last):
+                return _mark(ChannelMixing.apply(x, func, tuple(args[1:]), kwargs), channels_last)
+            return _mark(out, channels_last)
+        return _mark(func(*args, **kwargs), channels_last)
 
 
 def _grad_fn_name(node: Any) -> str:
@@ -281,7 +337,7 @@ class ChannelPruner:
         was_training = model.training
         try:
             with torch.enable_grad(), _TraceMode():
-                self.pruner = cls(model, example, **kwargs)
+                self.pruner = cls(model, mark_input(example.clone()), **kwargs)
         except PruningError:
             raise
         except Exception as err:  # noqa: BLE001 - graph tracing fails in many ways; name the cause

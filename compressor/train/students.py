@@ -11,7 +11,7 @@ from torch import nn
 
 from compressor.core.config import ModelSource
 from compressor.errors import CompressorError, did_you_mean
-from compressor.train.models import build_model, load_state, model_meta, read_state_dict, structure_of
+from compressor.train.models import build_model, load_source_weights, model_meta, structure_of
 
 
 def _stem_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -47,8 +47,7 @@ def build_student(source: ModelSource, num_classes: int, in_channels: int, stem_
     model = build_model(source, classes, channels)
     if stem_stride is not None:
         set_stem_stride(model, stem_stride)
-    if source.checkpoint is not None:
-        load_state(model, read_state_dict(source.checkpoint), str(source.checkpoint))
+    pretrained = load_source_weights(model, source, classes)
     reference = build_model(source, classes, channels)
     spec = None
     if embedding is not None:
@@ -60,6 +59,8 @@ def build_student(source: ModelSource, num_classes: int, in_channels: int, stem_
     meta = model_meta(source, classes, channels, structure_of(model, reference))
     if spec is not None:
         meta["embedding"] = spec
+    if pretrained is not None:
+        meta["pretrained"] = pretrained
     return model, meta
 
 
