@@ -91,12 +91,13 @@ def median_ms(fn: Callable[[], Any], budget: float) -> float:
 
 def benchmark_app(xml: Path, threads: int, seconds: float) -> float | None:
     """OpenVINO's own figure on the IR: median latency, FP32 kept FP32 and f32 input (its default would
-    make an image input u8, a different graph from the one the harness runs)."""
+    make an image input u8, a different graph from the one the harness runs), batch 1 fed to the dynamic IR."""
     tool = Path(sys.executable).with_name("benchmark_app")
     if not tool.exists():
         return None
     cmd = [str(tool), "-m", str(xml), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-nthreads", str(threads),
-           "-infer_precision", "f32", "-ip", "f32", "-t", str(max(1, round(seconds)))]
+           "-infer_precision", "f32", "-ip", "f32", "-t", str(max(1, round(seconds))),
+           "-data_shape", "[1,3,224,224]"]  # the IRs keep a dynamic batch, as the harness runs them
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
     found = re.search(r"Median:\s+([\d.]+) ms", proc.stdout + proc.stderr)
     if not found:
@@ -225,8 +226,8 @@ def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: n
                     "fp32_ms": round(fp32_ms, 3), "int8_vs_fp32": round(fp32_ms / ms, 2) if k != "fp32" else None,
                     "agreement_vs_fp32": agreement(outs[k], outs["fp32"]) if k != "fp32" else None,
                     "cosine_vs_fp32": cosine(outs[k], outs["fp32"]) if k != "fp32" else None,
-                    "size_kb": round(sum(f.stat().st_size for f in variants[k].parent.glob(variants[k].stem + ".*")
-                                         if f.suffix in (".onnx", ".xml", ".bin", ".tflite")) / 1024),
+                    "size_kb": round((variants[k].stat().st_size + (variants[k].with_suffix(".bin").stat().st_size
+                                                                    if fmt == "openvino" else 0)) / 1024),
                     "kernels": sessions[k].describe().get("kernels"),
                 }
                 if bapp.get(k):

@@ -333,10 +333,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     timing = {"warmup": args.warmup, "min_iters": args.min_iters, "time_budget_s": args.time_budget_s,
               "max_iters": args.max_iters, "requests": args.requests}
     path = run_bench([Path(p) for p in args.artifacts], _targets_from(args), out, args.data, preprocess,
-                     [int(b) for b in args.batch_sizes.split(",")], args.mode or ["latency"], args.images,
+                     args.batch_sizes, args.mode or ["latency"], args.images,
                      args.budget, timing, log=_log)
     print(f"report: {path}")
     return 0
+
+
+def _at_least(low: float, kind: type = int) -> Any:
+    """An argparse type: a number of ``kind`` no smaller than ``low`` (argparse reports the rest, exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            msg = f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not value >= low:  # also refuses nan
+            msg = f"must be at least {low:g} (got {text})"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes 1,8``: positive integers."""
+    sizes = []
+    for part in text.split(","):
+        try:
+            size = int(part)
+        except ValueError:
+            size = 0
+        if size < 1:
+            msg = f"{text!r}: give comma-separated batch sizes of at least 1, e.g. 1,8"
+            raise argparse.ArgumentTypeError(msg)
+        sizes.append(size)
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a release bundle's files and re-run its accuracy (exit 1: mismatch)")
     p.add_argument("bundle")
     p.add_argument("--data", help="folder of the data set, if not where the release found it")
-    p.add_argument("--tolerance", type=float, default=0.5, help="accepted top-1 difference in points (default 0.5)")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    p.add_argument("--tolerance", type=_at_least(0.0, float), default=0.5,
+                   help="accepted top-1 difference in points (default 0.5)")
+    p.add_argument("--threads", type=_at_least(1), default=1, help="runtime threads (default 1)")
     p.add_argument("--hashes-only", action="store_true", help="check file hashes, skip re-running accuracy")
     p.add_argument("--expect-sha256", help="the manifest's sha256 as release printed it (pins the manifest too)")
     p.set_defaults(func=cmd_verify)
@@ -422,17 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="labelled images: a folder of class folders (or with val/), or fashion-mnist")
     p.add_argument("--preprocess", help='JSON, e.g. {"resize": 256, "crop": 224, "channels": 3} '
                    "(default: the artifact's metadata)")
-    p.add_argument("--images", type=int, help="use at most this many labelled images")
+    p.add_argument("--images", type=_at_least(1), help="use at most this many labelled images")
     p.add_argument("--target", action="append", help="local[:threads=N,cores=0-3] | cuda | arm64-emulated | "
                    "ssh:USER@HOST[:PORT],key=FILE,known_hosts=FILE (repeatable)")
     p.add_argument("--targets-file", help="YAML list of targets (the benchmark stage's targets syntax)")
-    p.add_argument("--batch-sizes", default="1", help="comma-separated (default 1)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=[1], help="comma-separated (default 1)")
     p.add_argument("--mode", action="append", choices=["latency", "throughput"], help="repeatable (default latency)")
-    p.add_argument("--requests", type=int, default=2, help="parallel requests in throughput mode")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--min-iters", type=int, default=50)
-    p.add_argument("--time-budget-s", type=float, default=2.0)
-    p.add_argument("--max-iters", type=int, default=10000)
+    p.add_argument("--requests", type=_at_least(1), default=2, help="parallel requests in throughput mode")
+    p.add_argument("--warmup", type=_at_least(0), default=10)
+    p.add_argument("--min-iters", type=_at_least(1), default=50)
+    p.add_argument("--time-budget-s", type=_at_least(0.0, float), default=2.0)
+    p.add_argument("--max-iters", type=_at_least(1), default=10000)
     p.add_argument("--budget", type=float, default=1.0, help="top-1 points below the first file allowed")
     p.add_argument("--out", help="output folder (default runs/bench-<time>)")
     p.set_defaults(func=cmd_bench)

@@ -150,3 +150,49 @@ def test_backends_record_the_kernels_that_ran(onnx_pair: tuple[Path, np.ndarray]
     save_ov_model(read_ov_model(fp32), xml)
     kernels = get_backend("openvino").load(xml, {}, RuntimeOptions()).describe()["kernels"]
     assert sum(kernels.values()) == 3 and all(k.endswith(("f32", "F32")) for k in kernels), kernels
+
+
+def test_spatial_mean_becomes_global_pool_exactly(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from compressor.quant.onnxruntime import means_to_global_pool
+
+    axes = numpy_helper.from_array(np.array([-1, -2], np.int64), "axes")
+    rows = numpy_helper.from_array(np.array([1], np.int64), "rows")
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1, name="pool"),
+             helper.make_node("ReduceMean", ["x", "axes"], ["k"], keepdims=0, name="squeezed"),
+             helper.make_node("ReduceMean", ["x", "rows"], ["r"], keepdims=1, name="kept")]  # not a pool: stays
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+                              [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 3, 1, 1]),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 1, 5, 7])], [axes, rows])
+    path = tmp_path / "mean.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert means_to_global_pool(path) == 2
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == [
+        "GlobalAveragePool", "GlobalAveragePool", "Flatten", "ReduceMean"]
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for a, b in zip(after, before, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_runner_openvino_matches_the_backend_and_streams_for_throughput(onnx_pair: tuple[Path, np.ndarray],
+                                                                        tmp_path: Path) -> None:
+    from compressor.quant.openvino import read_ov_model, save_ov_model
+    from compressor.runtime.targets import runner
+
+    fp32, calib = onnx_pair
+    xml = tmp_path / "fp32.xml"
+    save_ov_model(read_ov_model(fp32), xml)
+    model = runner.OpenvinoModel(str(xml), 1, "cpu")
+    # the same model the benchmark stage times: FP32 kept FP32 (not bf16 on AMX CPUs), latency hint, one stream
+    assert str(model.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert int(model.compiled.get_property("NUM_STREAMS")) == 1
+    job = {"requests": 2, "min_iters": 4, "max_iters": 50, "time_budget_s": 0.05, "warmup": 1}
+    out = runner.throughput(model, calib[:1], job)
+    assert out["requests"] == 2 and out["throughput_ips"] > 0
+    assert int(runner.OpenvinoModel(str(xml), 1, "cpu", streams=2).compiled.get_property("NUM_STREAMS")) == 2

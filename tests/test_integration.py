@@ -26,8 +26,8 @@ def test_demo_recipe_end_to_end_on_a_small_slice(tmp_path: Path, cli_env: dict[s
     stages["bench"].update(min_iters=5, time_budget_s=0.05, warmup=2)
     doc["output"] = str(tmp_path / "out")
     path = write_recipe(tmp_path / "demo-small.yaml", doc)
-    # the demo recipe shrunk: about 4 minutes on 2 busy cores
-    proc = run_checked([PYTHON, "-m", "compressor.cli", "run", str(path)], expected_s=300, env=cli_env, cwd=tmp_path)
+    # the demo recipe shrunk: 4 to 9 minutes on 2 cores, depending on what else runs there
+    proc = run_checked([PYTHON, "-m", "compressor.cli", "run", str(path)], expected_s=600, env=cli_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report:   {tmp_path / 'out' / 'report.md'}" in proc.stdout
     assert "| gate | artifact |" in proc.stdout  # the gate table is printed at the end

@@ -343,3 +343,24 @@ def test_teacher_stage_is_unaffected_by_readers(tmp_path: Path, capsys: pytest.C
 
 def test_validate_refused_still_works_for_a_plain_bad_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     validate_refused(capsys, tmp_path, _doc(tmp_path, [{**TEACHER, "epochs": 0}]), r"stages\[0\]\.epochs")
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--batch-sizes", "a", "give comma-separated batch sizes of at least 1"),
+    ("--batch-sizes", "1,0", "give comma-separated batch sizes of at least 1"),
+    ("--requests", "0", r"must be at least 1 \(got 0\)"),
+    ("--warmup", "-1", r"must be at least 0 \(got -1\)"),
+    ("--min-iters", "0", r"must be at least 1 \(got 0\)"),
+    ("--max-iters", "x", "'x' is not an integer"),
+    ("--time-budget-s", "nan", r"must be at least 0 \(got nan\)"),
+    ("--images", "0", r"must be at least 1 \(got 0\)"),
+])
+def test_bench_numeric_options_out_of_range_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             flag: str, value: str, message: str) -> None:
+    from compressor.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["bench", str(tmp_path / "m.onnx"), flag, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert re.search(rf"compressor bench: error: argument {flag}: .*{message}", err), err

@@ -90,3 +90,22 @@ def test_nan_loss_from_a_huge_learning_rate_names_the_update(tmp_path: Path, cap
     run_refused(capsys, tmp_path, doc, r"loss became (nan|inf)", r"1\) weights: .*an update blew up \(see 3\)",
                 r"2\) data: this batch is finite",
                 r"3\) learning rate: .* \(lr 10, warmup_epochs 0, grad_clip None\); try lr 1 or grad_clip: 1\.0")
+
+
+def test_train_loader_draws_the_same_batches_as_a_plain_shuffled_loader() -> None:
+    """Dropping only a last batch of one changes nothing else: same order, and the global RNG untouched."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compressor.core.data import DataModule
+
+    data = TensorDataset(torch.arange(20))
+    module = SimpleNamespace(seed=3, train=data, config=SimpleNamespace(batch_size=6, workers=0))
+    torch.manual_seed(0)
+    plain = [b[0].tolist() for b in DataLoader(data, batch_size=6, shuffle=True,
+                                               generator=torch.Generator().manual_seed(3 * 1000 + 1))]
+    after_plain = torch.rand(1)
+    torch.manual_seed(0)
+    ours = [b[0].tolist() for b in DataModule.train_loader(module, epoch=1)]  # type: ignore[arg-type]
+    assert ours == plain and torch.equal(torch.rand(1), after_plain)

@@ -219,8 +219,10 @@ class DataModule:
             return DataLoader(self.train, batch_sampler=PKBatchSampler(labels, pk[0], pk[1], self.seed * 1000 + epoch),
                               num_workers=self.config.workers)
         order = sampler if sampler is not None else RandomSampler(self.train, generator=generator)  # type: ignore[arg-type]
+        # the same generator as the sampler's, as DataLoader(shuffle=True, generator=...) uses it: the
+        # loader draws its worker seed from it first, so orders (and the global RNG) stay as they were
         return DataLoader(self.train, batch_sampler=TrainBatches(order, batch_size or self.config.batch_size),
-                          num_workers=self.config.workers)
+                          generator=generator, num_workers=self.config.workers)
 
     def val_loader(self, batch_size: int | None = None) -> DataLoader:
         return DataLoader(self.val, batch_size=batch_size or self.config.batch_size, shuffle=False,

@@ -72,14 +72,16 @@ def preprocess_onnx(src: Path, dst: Path) -> Path:
 
 
 def means_to_global_pool(path: Path) -> int:
-    """Rewrite ``ReduceMean`` over H and W of a 4-D tensor (``keepdims=1``) as ``GlobalAveragePool``, in place.
+    """Rewrite ``ReduceMean`` over H and W of a 4-D tensor as ``GlobalAveragePool`` (then ``Flatten`` when
+    the mean drops those axes), in place.
 
-    The dynamo exporter writes ``adaptive_avg_pool2d(x, 1)`` as ``ReduceMean``, which ONNX Runtime's
-    quantizer leaves in float (a dequantize, a float mean and a quantize before the classifier), while
-    ``GlobalAveragePool`` runs as ``QLinearGlobalAveragePool``. Returns the number of nodes rewritten.
+    The dynamo exporter writes ``adaptive_avg_pool2d(x, 1)`` and ``x.mean([2, 3])`` as ``ReduceMean``, which
+    ONNX Runtime's quantizer leaves in float (a dequantize, a float mean and a quantize before the
+    classifier), while ``GlobalAveragePool`` runs as ``QLinearGlobalAveragePool``. Returns the number of
+    nodes rewritten.
     """
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
@@ -87,18 +89,24 @@ def means_to_global_pool(path: Path) -> int:
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]
              if v.type.tensor_type.HasField("shape")}
     done = 0
-    for node in graph.node:
+    for node in list(graph.node):
         if node.op_type != "ReduceMean" or not node.input or ranks.get(node.input[0]) != 4:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         axes = attrs.get("axes")
         if axes is None and len(node.input) > 1 and node.input[1] in inits:
             axes = inits[node.input[1]].tolist()
-        if attrs.get("keepdims", 1) != 1 or axes is None or {int(a) % 4 for a in axes} != {2, 3}:
+        if axes is None or {int(a) % 4 for a in axes} != {2, 3}:
             continue
+        keepdims = attrs.get("keepdims", 1) == 1
         del node.input[1:]
         del node.attribute[:]
         node.op_type = "GlobalAveragePool"
+        if not keepdims:  # [N, C, 1, 1] -> [N, C], as the mean without keepdims gives
+            out = node.output[0]
+            node.output[0] = out + "_pooled"
+            flat = helper.make_node("Flatten", [node.output[0]], [out], axis=1, name=(node.name or "mean") + "_flatten")
+            graph.node.insert(list(graph.node).index(node) + 1, flat)
         done += 1
     if done:
         used = {i for n in graph.node for i in n.input}

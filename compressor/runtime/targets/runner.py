@@ -128,17 +128,21 @@ class TfliteModel:
 
 
 class OpenvinoModel:
-    def __init__(self, path: str, threads: int, device: str):
+    def __init__(self, path: str, threads: int, device: str, streams: int = 1):
         import openvino as ov
 
         core = ov.Core()
         model = core.read_model(path)
         dev = "GPU" if device == "cuda" else "CPU"
+        self.path, self.threads, self.device = path, threads, device
         # What the in-process backend and benchmark_app run: latency hint, one stream, FP32 kept FP32 (OpenVINO
         # would otherwise run an FP32 IR in bf16 on AVX512-BF16/AMX CPUs, a different model than the one verified).
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        # Throughput mode compiles one stream per parallel request (threads each), as ORT runs one session call
+        # per request thread; one stream would queue the requests.
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                                  "NUM_STREAMS": str(streams)}
         if dev == "CPU":
-            config.update(INFERENCE_NUM_THREADS=threads, INFERENCE_PRECISION_HINT="f32")
+            config.update(INFERENCE_NUM_THREADS=threads * streams, INFERENCE_PRECISION_HINT="f32")
         self.compiled = core.compile_model(model, dev, config)
         inp = self.compiled.inputs[0]
         ps = inp.get_partial_shape()
@@ -173,6 +177,8 @@ def _time_calls(fn: Any, job: dict[str, Any]) -> list[int]:
 
 def throughput(model: Any, sample: np.ndarray, job: dict[str, Any]) -> dict[str, Any]:
     """``requests`` threads, each with its own request object, issue back-to-back calls for the budget."""
+    if isinstance(model, OpenvinoModel) and job["requests"] > 1:
+        model = OpenvinoModel(model.path, model.threads, model.device, streams=job["requests"])
     workers = [model.clone() for _ in range(job["requests"])]
     per_thread: list[list[int]] = [[] for _ in workers]
     for w in workers:
