@@ -290,6 +290,7 @@ def test_a_hopeless_trial_is_stopped_after_its_training_stage(tmp_path: Path, ca
     rows = json.loads((out / "search.json").read_text())["trials"]
     assert [r["status"] for r in rows] == ["stopped early", "stopped early"]
     assert "after stage teacher is already below 99.00, the floor of constraint min_accuracy" in rows[0]["note"]
-    assert set(rows[0]["progress"]) == {"teacher"}
+    assert set(rows[0]["progress"]) == {"teacher"} and set(rows[0]["keys"]) == {"model", "teacher"}
+    assert rows[1]["reused"] == ["teacher"]  # the same options: trial 1 reused trial 0's teacher
     manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and [s["name"] for s in manifest["stages"]] == ["model", "teacher"]

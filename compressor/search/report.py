@@ -34,8 +34,12 @@ def _value(row: dict[str, Any], name: str) -> str:
     return f"{value / 1e6:.3f}" if name == "size" else f"{value:.2f}" if name == "accuracy" else f"{value:.3f}"
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _options(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k.removeprefix('stages.')}={v}" for k, v in row["options"].items()) or "(recipe as written)"
+    return ", ".join(f"{k.removeprefix('stages.')}={_short(v)}" for k, v in row["options"].items()) or "(recipe as written)"
 
 
 def _table(rows: list[dict[str, Any]], labels: dict[str, str], with_status: bool) -> str:

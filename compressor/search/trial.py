@@ -138,9 +138,14 @@ class _Stopper:
         self.metric = accuracy_metric(runner.cfg, runner.recipe)
         self.progress: dict[str, float] = {}
         self.keys: dict[str, str] = {}
+        self.reused: list[str] = []
 
     def __call__(self, record: StageRecord) -> None:
         self.keys[record.name] = record.key
+        self.trial.set_user_attr("keys", self.keys)  # as far as it got: a stopped trial's row shows them too
+        if record.reused and record.name != SOURCE_STAGE:
+            self.reused.append(record.name)
+            self.trial.set_user_attr("reused", self.reused)
         value = progress_value(record, self.metric)
         if value is None:
             return

@@ -218,6 +218,170 @@ def _backbone_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in head]
 
 
+@dataclass
+class _Loop:
+    """What one :func:`fit` call trains with, built before the first epoch."""
+
+    model: nn.Module
+    extra: nn.Module | None
+    trained: nn.Module            # the model, or its DDP wrapper
+    params: list[nn.Parameter]
+    compute_loss: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batch_size: int
+    sampler: Any
+    pk: tuple[int, int] | None
+    use_amp: bool
+    backbone: list[nn.Parameter]  # frozen for the first freeze_backbone_epochs
+
+
+@dataclass
+class _Progress:
+    """What an epoch checkpoint keeps besides weights and optimizer: where training stands."""
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, model: nn.Module, epoch: int, mean_loss: float, score: float, metric: str) -> None:
+        """One finished epoch: its history entry, and the best weights so far."""
+        self.epoch = epoch + 1
+        self.history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), f"val_{metric}": score})
+        if score > self.best_score:
+            self.best_score, self.bad_epochs = score, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+
+def _objective(model: nn.Module, ctx: StageContext, opts: TrainOptions, loss_fn: LossFn | None,
+               extra: nn.Module | None) -> tuple[LossFn, nn.Module | None]:
+    """The loss to minimise and the extra modules it trains (an embedding's identity head among them)."""
+    if loss_fn is None and ctx.task.is_embedding:
+        # the identity head trains with the model but stays out of it (and out of the saved artifact)
+        loss_fn, head = embedding_loss(model, ctx)
+        extra = head if extra is None else nn.ModuleList([extra, head])
+    criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+    return loss_fn or (lambda m, x, y: criterion(m(x), y)), extra
+
+
+def _batches(ctx: StageContext, opts: TrainOptions) -> tuple[int, Any, tuple[int, int] | None]:
+    """(per-process batch size, distributed sampler or None, P x K sampling or None)."""
+    dist = ctx.dist
+    batch_size = opts.batch_size or ctx.data.config.batch_size
+    sampler: Any = None
+    if dist.enabled:
+        from torch.utils.data import DistributedSampler
+
+        batch_size = max(1, batch_size // dist.world_size)
+        sampler = DistributedSampler(ctx.data.train, num_replicas=dist.world_size, rank=dist.rank,  # type: ignore[arg-type]
+                                     shuffle=True, seed=ctx.seed, drop_last=False)
+    pk_sampler = ctx.task.require_embedding().loss.sampler if ctx.task.is_embedding else None
+    if pk_sampler is None:
+        return batch_size, sampler, None
+    if dist.enabled:
+        msg = ("embedding.loss.sampler (P x K batches) runs in one process; remove it for torchrun "
+               "(shuffled shards are used instead)")
+        raise CompressorError(msg)
+    return batch_size, sampler, (pk_sampler.identities, pk_sampler.images)
+
+
+def _build_loop(model: nn.Module, ctx: StageContext, opts: TrainOptions, loss_fn: LossFn | None,
+                extra: nn.Module | None) -> _Loop:
+    device = ctx.device
+    model.to(device)
+    compute_loss, extra = _objective(model, ctx, opts, loss_fn, extra)
+    if extra is not None:
+        extra.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if extra is not None:
+        params += [p for p in extra.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, opts)
+    batch_size, sampler, pk = _batches(ctx, opts)
+    trained = _wrap_ddp(model, extra, ctx) if ctx.dist.enabled else model
+    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler, pk=pk))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
+    )
+    return _Loop(model, extra, trained, params, compute_loss, optimizer, scheduler, batch_size, sampler, pk,
+                 use_amp=opts.amp and device.type == "cuda",
+                 backbone=_backbone_params(model) if opts.freeze_backbone_epochs else [])
+
+
+def _resume(loop: _Loop, path: Path, ctx: StageContext, desc: str) -> _Progress:
+    """Where the last run of this fit stopped (its epoch checkpoint), or the start; a damaged checkpoint
+    costs the epochs, not the run."""
+    if not path.exists():
+        return _Progress()
+    parts = [m for m in (loop.model, loop.extra) if m is not None]
+    initial = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in parts]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        best = state["best_score"] if "best_score" in state else state["best_top1"]  # older checkpoints
+        progress = _Progress(state["epoch"], best, state["best_state"], state["bad_epochs"], state["history"])
+        loop.model.load_state_dict(state["model"])
+        if loop.extra is not None and "extra" in state:
+            loop.extra.load_state_dict(state["extra"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scheduler.load_state_dict(state["scheduler"])
+        if "rng" in state:  # augmentation draws continue as if the run had not stopped
+            torch.set_rng_state(state["rng"])
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the epochs, not the run
+        for m, weights in zip(parts, initial, strict=True):
+            m.load_state_dict(weights)
+        ctx.log(f"{ctx.name}: epoch checkpoint {path} is unreadable ({type(err).__name__}: "
+                f"{str(err)[:120]}); starting {desc} over")
+        path.unlink(missing_ok=True)
+        return _Progress()
+    ctx.log(f"{ctx.name}: resuming {desc} from epoch {progress.epoch} checkpoint")
+    return progress
+
+
+def _train_epoch(loop: _Loop, ctx: StageContext, opts: TrainOptions, desc: str, epoch: int,
+                 health: tuple[bool, float]) -> float:
+    """One pass over the training data; returns the mean loss over every process."""
+    device = ctx.device
+    loader = ctx.data.train_loader(loop.batch_size, epoch=epoch, sampler=loop.sampler, pk=loop.pk)
+    losses: list[float] = []
+    for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop.use_amp):
+            loss = loop.compute_loss(loop.trained, x, y)
+        if not torch.isfinite(loss):
+            lr = float(loop.optimizer.param_groups[0]["lr"])
+            msg = (f"{ctx.name}: {desc} loss became {loss.item()} at epoch {epoch + 1}, step {len(losses) + 1}; "
+                   + divergence_report(loop.model, x, y, lr, opts, len(ctx.data.classes), *health))
+            raise TrainingDiverged(msg)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if epoch < opts.freeze_backbone_epochs:
+            for p in loop.backbone:  # no gradient: the optimizer leaves them as they are (no decay, no momentum)
+                p.grad = None
+        if opts.grad_clip is not None:
+            nn.utils.clip_grad_norm_(loop.params, opts.grad_clip)
+        loop.optimizer.step()
+        loop.scheduler.step()
+        losses.append(loss.item())
+    loss_sum, loss_count = all_reduce_sum(ctx.dist, [float(np.sum(losses)), float(len(losses))], device)
+    return loss_sum / max(loss_count, 1.0)
+
+
+def _save_checkpoint(loop: _Loop, progress: _Progress, path: Path, ctx: StageContext) -> None:
+    snapshot: dict[str, Any] = {
+        "epoch": progress.epoch, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(), "best_score": progress.best_score,
+        "best_state": progress.best_state, "bad_epochs": progress.bad_epochs, "history": progress.history,
+        "rng": torch.get_rng_state(),
+    }
+    if loop.extra is not None:
+        snapshot["extra"] = loop.extra.state_dict()
+    if ctx.dist.is_main:
+        atomic_write(path, lambda tmp: torch.save(snapshot, tmp))
+
+
 def fit(
     model: nn.Module,
     ctx: StageContext,
@@ -227,7 +391,10 @@ def fit(
     desc: str = "train",
     epoch_start: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place; on return it holds the weights with the best validation top-1.
+    """Train ``model`` in place; on return it holds the weights with the best validation score.
+
+    Each epoch ends with a validation score and a checkpoint in the stage's work folder, so an interrupted
+    stage resumes from its last epoch (random state included).
 
     Args:
         model: the model to train.
@@ -242,132 +409,32 @@ def fit(
     from compressor.metrics.evaluation import task_of
 
     torch.manual_seed(ctx.seed)
-    device = ctx.device
-    model.to(device)
     task = task_of(ctx)
-    if loss_fn is None and task.is_embedding:
-        # the identity head trains with the model but stays out of it (and out of the saved artifact)
-        loss_fn, head = embedding_loss(model, ctx)
-        extra = head if extra is None else nn.ModuleList([extra, head])
-    if extra is not None:
-        extra.to(device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
-    compute_loss = loss_fn or (lambda m, x, y: criterion(m(x), y))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if extra is not None:
-        params += [p for p in extra.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, opts)
-    dist = ctx.dist
-    batch_size = opts.batch_size or ctx.data.config.batch_size
-    sampler: Any = None
-    if dist.enabled:
-        from torch.utils.data import DistributedSampler
-
-        batch_size = max(1, batch_size // dist.world_size)
-        sampler = DistributedSampler(ctx.data.train, num_replicas=dist.world_size, rank=dist.rank,  # type: ignore[arg-type]
-                                     shuffle=True, seed=ctx.seed, drop_last=False)
-    pk = None
-    pk_sampler = ctx.task.require_embedding().loss.sampler if task.is_embedding else None
-    if pk_sampler is not None:
-        if dist.enabled:
-            msg = ("embedding.loss.sampler (P x K batches) runs in one process; remove it for torchrun "
-                   "(shuffled shards are used instead)")
-            raise CompressorError(msg)
-        pk = (pk_sampler.identities, pk_sampler.images)
-    trained = _wrap_ddp(model, extra, ctx) if dist.enabled else model
-    steps_per_epoch = len(ctx.data.train_loader(batch_size, sampler=sampler, pk=pk))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(opts.epochs * steps_per_epoch, opts.warmup_epochs * steps_per_epoch)
-    )
-    use_amp = opts.amp and device.type == "cuda"
-    backbone = _backbone_params(model) if opts.freeze_backbone_epochs else []
-
-    ckpt_path = ctx.work_dir / f"{desc}-last.pt"
-    start_epoch, best_top1, best_state, bad_epochs = 0, -1.0, None, 0
-    history: list[dict[str, float]] = []
-    if ckpt_path.exists():
-        initial = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in (model, extra) if m is not None]
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            epoch_fields = state["epoch"], state["best_top1"], state["best_state"], state["bad_epochs"], state["history"]
-            model.load_state_dict(state["model"])
-            if extra is not None and "extra" in state:
-                extra.load_state_dict(state["extra"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, best_top1, best_state, bad_epochs, history = epoch_fields
-            if "rng" in state:  # augmentation draws continue as if the run had not stopped
-                torch.set_rng_state(state["rng"])
-            ctx.log(f"{ctx.name}: resuming {desc} from epoch {start_epoch} checkpoint")
-        except Exception as err:  # noqa: BLE001 - a damaged checkpoint costs the epochs, not the run
-            for m, weights in zip((model, extra), initial, strict=False):
-                m.load_state_dict(weights)  # type: ignore[union-attr]
-            ctx.log(f"{ctx.name}: epoch checkpoint {ckpt_path} is unreadable ({type(err).__name__}: "
-                    f"{str(err)[:120]}); starting {desc} over")
-            ckpt_path.unlink(missing_ok=True)
-
-    started_finite = not non_finite_tensors(model.state_dict())
-    start_largest = largest_weight(model)
-    epoch = start_epoch
+    loop = _build_loop(model, ctx, opts, loss_fn, extra)
+    checkpoint = ctx.work_dir / f"{desc}-last.pt"
+    progress = _resume(loop, checkpoint, ctx, desc)
+    start_epoch = progress.epoch
+    health = (not non_finite_tensors(model.state_dict()), largest_weight(model))  # for a NaN loss's report
     for epoch in range(start_epoch, opts.epochs):
-        model.train()
-        if extra is not None:
-            extra.train()
+        for m in (model, loop.extra):
+            if m is not None:
+                m.train()
         if epoch_start is not None:
             epoch_start(epoch, model)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = ctx.data.train_loader(batch_size, epoch=epoch, sampler=sampler, pk=pk)
-        losses: list[float] = []
-        for x, y in ctx.progress(loader, f"{desc} epoch {epoch + 1}/{opts.epochs}", total=len(loader)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = compute_loss(trained, x, y)
-            if not torch.isfinite(loss):
-                lr = float(optimizer.param_groups[0]["lr"])
-                msg = (f"{ctx.name}: {desc} loss became {loss.item()} at epoch {epoch + 1}, step {len(losses) + 1}; "
-                       + divergence_report(model, x, y, lr, opts, len(ctx.data.classes), started_finite,
-                                           start_largest))
-                raise TrainingDiverged(msg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if epoch < opts.freeze_backbone_epochs:
-                for p in backbone:  # no gradient: the optimizer leaves them as they are (no decay, no momentum)
-                    p.grad = None
-            if opts.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+        if loop.sampler is not None:
+            loop.sampler.set_epoch(epoch)
+        mean_loss = _train_epoch(loop, ctx, opts, desc, epoch, health)
         _sync_buffers(model, ctx)
-        top1 = val_score(model, ctx)
-        loss_sum, loss_count = all_reduce_sum(dist, [float(np.sum(losses)), float(len(losses))], device)
-        mean_loss = loss_sum / max(loss_count, 1.0)
-        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 5), f"val_{task.primary}": top1})
-        if top1 > best_top1:
-            best_top1, bad_epochs = top1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        snapshot: dict[str, Any] = {
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "best_top1": best_top1, "best_state": best_state,
-            "bad_epochs": bad_epochs, "history": history, "rng": torch.get_rng_state(),
-        }
-        if extra is not None:
-            snapshot["extra"] = extra.state_dict()
-
-        def save(tmp: Path, s: dict[str, Any] = snapshot) -> None:
-            torch.save(s, tmp)
-
-        if dist.is_main:
-            atomic_write(ckpt_path, save)
-        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val {task.label} {top1:.2f}")
-        if opts.early_stop_patience is not None and bad_epochs >= opts.early_stop_patience:
-            ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({bad_epochs} epochs without improvement)")
+        score = val_score(model, ctx)
+        progress.record(model, epoch, mean_loss, score, task.primary)
+        _save_checkpoint(loop, progress, checkpoint, ctx)
+        ctx.log(f"{ctx.name}: {desc} epoch {epoch + 1}/{opts.epochs} loss {mean_loss:.4f} val {task.label} {score:.2f}")
+        if opts.early_stop_patience is not None and progress.bad_epochs >= opts.early_stop_patience:
+            ctx.log(f"{ctx.name}: early stop after epoch {epoch + 1} ({progress.bad_epochs} epochs without "
+                    "improvement)")
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     model.eval()
-    return FitResult(best_score=best_top1, epochs_run=len(history), resumed_from_epoch=start_epoch, history=history,
-                     metric=task.primary)
+    return FitResult(best_score=progress.best_score, epochs_run=len(progress.history), resumed_from_epoch=start_epoch,
+                     history=progress.history, metric=task.primary)
