@@ -67,7 +67,17 @@ def test_a_local_benchmark_run_that_outlives_its_timeout_is_stopped(tmp_path: Pa
     targets = tmp_path / "targets.yaml"
     targets.write_text("- {type: local, timeout_s: 3}\n")
     onnx = model_files.get("onnx")  # type: ignore[attr-defined]
-    code = main(["bench", str(onnx), "--targets-file", str(targets), "--warmup", "0", "--time-budget-s", "120",
-                 "--min-iters", "100000000", "--max-iters", "100000000", "--out", str(tmp_path / "bench")])
+    code = main(["bench", str(onnx), "--targets-file", str(targets), "--warmup", "0", "--time-budget-s", "30",
+                 "--min-iters", "1", "--max-iters", "100000000", "--out", str(tmp_path / "bench")])
     err = capsys.readouterr().err
     assert code == 2 and "target local could not be used: the cpu run exceeded timeout_s (3 s)" in err, err
+    # the runner and the child it forked for the artifact are gone (its own process group was killed)
+    left = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in _cmdline(p)]
+    assert left == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
