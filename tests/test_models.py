@@ -103,3 +103,14 @@ def test_structure_round_trip_without_pickled_class() -> None:
     changed.eval()
     rebuilt.eval()
     assert torch.allclose(rebuilt(x), changed(x))
+
+
+def test_weights_reload_into_modules_that_read_their_version(tmp_path: Path) -> None:
+    """torchvision's MNASNet reads its state-dict version when loading; a saved plain dict has none."""
+    from compressor.train.models import load_model_artifact, write_weights
+
+    meta = model_meta(ModelSource(arch="mnasnet0_5"), 10, 3)
+    model = build_from_meta(meta)
+    write_weights(model, tmp_path / "w.pt")
+    rebuilt = load_model_artifact(meta, tmp_path / "w.pt")
+    assert torch.equal(rebuilt.layers[0].weight, model.layers[0].weight)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
                 msg = (f"checkpoint {origin} does not match the architecture: key '{key}' has shape "
                        f"{tuple(state[key].shape)} in the checkpoint and {tuple(tensor.shape)} in the model")
             raise CheckpointError(msg)
+    if getattr(state, "_metadata", None) is None:
+        # A plain dict of tensors carries no per-module versions; modules whose loader reads them
+        # (torchvision's MNASNet refuses version None) get those of the code that rebuilt them.
+        versions = getattr(expected, "_metadata", None)
+        if versions is not None:
+            state = OrderedDict(state)
+            state._metadata = versions  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
 
 
