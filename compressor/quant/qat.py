@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.core.context import StageContext
 from compressor.errors import ExportError
 
 EXTENSIONS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "torch_extensions"
@@ -126,6 +127,51 @@ def export_openvino(model: nn.Module, example: torch.Tensor, xml: Path) -> None:
     from compressor.quant.openvino import save_ov_model
 
     save_ov_model(ov.convert_model(model.eval(), example_input=example), xml)
+
+
+def qat_loss(ctx: StageContext, teacher: nn.Module, quantized: nn.Module, distill: bool, alpha: float,
+             temperature: float, label_smoothing: float) -> tuple[Any, nn.Module | None]:
+    """(loss function, extra trainable head) of QAT: the task's own loss (None), or distillation from the
+    FP32 ``teacher`` (KD for classifiers; embedding distillation plus the metric loss for embedding models)."""
+    from compressor.train.losses import kd_loss
+
+    if not distill:
+        return None, None
+    teacher.to(ctx.device).eval()
+    if not ctx.task.is_embedding:
+        def kd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            return kd_loss(model(x), target, y, temperature, alpha, label_smoothing)
+
+        return kd, None
+    from compressor.train.fit import embedding_loss
+    from compressor.train.losses import embedding_distill_loss
+
+    quantized.to(ctx.device)
+    _, head = embedding_loss(quantized, ctx)
+
+    def embedding_kd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x)
+        emb = model(x)
+        return (1 - alpha) * head(emb, y) + alpha * embedding_distill_loss(emb, target)
+
+    return embedding_kd, head
+
+
+def export_qat(quantized: nn.Module, example: torch.Tensor, folder: Path, fmt: str, exporter: str, opset: int,
+               threads: int, ov_hint: str) -> tuple[Path, dict[str, str], Any, dict[str, int]]:
+    """(file, artifact files, runner, what the ONNX fold changed) of a fine-tuned fake-quantized model."""
+    from compressor.quant import runners
+
+    if fmt == "onnx":
+        path = folder / "model.onnx"
+        folded = export_onnx(quantized, example, path, exporter, opset)
+        return path, {"model": "model.onnx"}, runners.onnx_runner(path, threads), folded
+    path = folder / "model.xml"
+    export_openvino(quantized, example, path)
+    return path, {"xml": "model.xml", "bin": "model.bin"}, runners.openvino_runner(path, threads, ov_hint), {}
 
 
 def build_extension() -> Path:

@@ -15,7 +15,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from torch import nn
 
 from compressor.core.artifacts import Artifact
 from compressor.core.config import StageConfig, Strict
@@ -396,57 +395,11 @@ def _artifact(ctx: StageContext, fmt: str, files: dict[str, str], settings: dict
     return ctx.new_artifact(fmt, files, meta)
 
 
-def _qat_loss(cfg: QuantizeConfig, ctx: StageContext, teacher: nn.Module, quantized: nn.Module, task: Task,
-              label_smoothing: float) -> tuple[Any, nn.Module | None]:
-    """(loss function, extra trainable head) of QAT: the task's own loss, or distillation from the FP32
-    model (KD for classifiers, embedding distillation plus the metric loss for embedding models)."""
-    from compressor.train.losses import kd_loss
-
-    if not cfg.qat.distill:
-        return None, None
-    teacher.to(ctx.device).eval()
-    alpha = cfg.qat.alpha
-    if not task.is_embedding:
-        def kd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                target = teacher(x)
-            return kd_loss(model(x), target, y, cfg.qat.temperature, alpha, label_smoothing)
-
-        return kd, None
-    from compressor.train.fit import embedding_loss
-    from compressor.train.losses import embedding_distill_loss
-
-    quantized.to(ctx.device)
-    _, head = embedding_loss(quantized, ctx)
-
-    def embedding_kd(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher(x)
-        emb = model(x)
-        return (1 - alpha) * head(emb, y) + alpha * embedding_distill_loss(emb, target)
-
-    return embedding_kd, head
-
-
-def _qat_export(cfg: QuantizeConfig, ctx: StageContext, quantized: nn.Module, example: torch.Tensor
-                ) -> tuple[Path, dict[str, str], Any, dict[str, int]]:
-    """(file, artifact files, runner, what the ONNX fold changed) of the fine-tuned fake-quantized model."""
-    from compressor.quant.qat import export_onnx, export_openvino
-
-    if cfg.format == "onnx":
-        path = ctx.out_dir / "model.onnx"
-        folded = export_onnx(quantized, example, path, cfg.onnx_exporter, cfg.opset)
-        return path, {"model": "model.onnx"}, runners.onnx_runner(path, ctx.threads), folded
-    path = ctx.out_dir / "model.xml"
-    export_openvino(quantized, example, path)
-    return path, {"xml": "model.xml", "bin": "model.bin"}, runners.openvino_runner(path, ctx.threads, cfg.ov_hint), {}
-
-
 def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
              val: tuple[np.ndarray, np.ndarray]) -> StageOutput:
     """The ``quantize`` stage in ``mode: qat``: NNCF fake-quant, fine-tune (optionally with KD), export."""
     from compressor.quant.plans import nncf_kwargs
-    from compressor.quant.qat import insert_fake_quant
+    from compressor.quant.qat import export_qat, insert_fake_quant, qat_loss
     from compressor.train.fit import TrainOptions, fit
 
     images, labels = val
@@ -462,7 +415,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     ptq_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
     opts = TrainOptions.model_validate(cfg.qat.model_dump(
         exclude={"distill", "temperature", "alpha", "freeze_bn_after", "freeze_quantizers_after"}))
-    loss_fn, head = _qat_loss(cfg, ctx, teacher, quantized, task, opts.label_smoothing)
+    loss_fn, head = qat_loss(ctx, teacher, quantized, cfg.qat.distill, cfg.qat.alpha, cfg.qat.temperature,
+                             opts.label_smoothing)
     start_state = {k: v.detach().clone() for k, v in quantized.state_dict().items()}
     frozen: list[dict[str, Any]] = []
     freeze = qat_freezer(cfg.qat.freeze_bn_after, cfg.qat.freeze_quantizers_after, frozen)
@@ -475,7 +429,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
         # selection that counts the start as epoch 0 would; the manifest says which was kept.
         quantized.load_state_dict(start_state)
         kept = "ptq start"
-    path, files, run, folded = _qat_export(cfg, ctx, quantized, torch.from_numpy(calib[:1]))
+    path, files, run, folded = export_qat(quantized, torch.from_numpy(calib[:1]), ctx.out_dir, cfg.format,
+                                          cfg.onnx_exporter, cfg.opset, ctx.threads, cfg.ov_hint)
     fp32_logits = runners.logits(lambda x: fp32(torch.from_numpy(x)).detach().numpy(), images)
     int8_logits = runners.logits(run, images)
     fp32_top1 = round(task.value(fp32_logits, labels), 3)
