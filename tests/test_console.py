@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import sys
 import warnings
@@ -79,3 +80,23 @@ def test_a_stage_keeps_its_converters_chatter_in_the_cache(tmp_path: Path, capfd
                registry=registry, verbose=True)
     out, err = capfd.readouterr()
     assert "[START]" in out and "TensorFlow notice" in err
+
+
+def test_a_logging_handler_made_inside_a_stage_outlives_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch adds a StreamHandler on sys.stderr when NNCF imports it inside a stage; the stream it held was
+    # closed when the stage ended, and the next warning printed "--- Logging error ---" with a traceback
+    console = os.fdopen(2, "w", buffering=1, closefd=False)  # the process's own stderr, as on a terminal
+    monkeypatch.setattr(sys, "stderr", console)
+    logger = logging.getLogger("compressor-test-late-handler")
+    with third_party_output_to(tmp_path / "stage.log"):
+        handler = logging.StreamHandler()  # on the block's sys.stderr
+        logger.addHandler(handler)
+    try:
+        assert handler.stream is console
+        errors: list[Any] = []
+        monkeypatch.setattr(handler, "handleError", lambda record: errors.append(record))
+        logger.warning("a library's warning after the stage")
+        assert errors == []
+    finally:
+        logger.removeHandler(handler)
+        console.close()

@@ -11,6 +11,7 @@ leaves everything on the console.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -57,6 +58,18 @@ def _console_stream(stream: TextIO, fd: int, saved: int) -> tuple[TextIO, bool]:
     return os.fdopen(os.dup(saved), "w", buffering=1, encoding=encoding, errors="replace"), True
 
 
+def _repoint_handlers(replaced: dict[int, TextIO]) -> None:
+    """A ``logging.StreamHandler`` created inside the block (torch, NNCF and absl add their own) holds the
+    block's stream, closed when the block ends: point it at the stream that stream stood in for."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and id(stream) in replaced:
+                handler.setStream(replaced[id(stream)])
+
+
 @contextlib.contextmanager
 def third_party_output_to(path: Path) -> Iterator[Console]:
     """Everything third-party code prints goes to ``path`` (appended) until the block ends."""
@@ -87,6 +100,7 @@ def third_party_output_to(path: Path) -> Iterator[Console]:
                 stream.flush()
         warnings.showwarning = old_showwarning
         sys.stdout, sys.stderr = old_stdout, old_stderr
+        _repoint_handlers({id(log): old_stdout, id(out): old_stdout, id(err): old_stderr})
         os.dup2(saved[1], 1)
         os.dup2(saved[2], 2)
         for fd in (*saved.values(), log_fd):
