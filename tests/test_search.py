@@ -193,6 +193,10 @@ def test_a_search_of_a_few_trials(tmp_path: Path, cache: Path, monkeypatch: pyte
         assert set(r["keys"]) == {"model", "teacher", "student", "onnx", "bench"}
         assert "teacher" in r["reused"]  # trained by trial 0, shared by every later trial
         assert [c["gate"] for c in r["constraints"]] == ["max_latency", "max_size"]
+        # what the report compares trials by: the per-image outcomes and the latency statistic's interval
+        ev = r["evidence"]
+        assert ev["accuracy"]["metric"] == "top1" and ev["accuracy"]["outcomes"]["n"] == 100
+        assert len(ev["latency"]["p90_ci_ms"]) == 2
     chosen = rows[doc["chosen"]]
     assert chosen["metrics"]["accuracy"] == max(r["metrics"]["accuracy"] for r in done)
     assert doc["front"] and set(doc["front"]) <= {r["trial"] for r in done}
@@ -294,3 +298,51 @@ def test_a_hopeless_trial_is_stopped_after_its_training_stage(tmp_path: Path, ca
     assert rows[1]["reused"] == ["teacher"]  # the same options: trial 1 reused trial 0's teacher
     manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and [s["name"] for s in manifest["stages"]] == ["model", "teacher"]
+
+
+def _trial(number: int, correct: list[bool], p90: float, ci: tuple[float, float], baseline: bool = False,
+           ) -> dict[str, Any]:
+    import numpy as np
+
+    from compressor.metrics.stats import pack_bits
+
+    hits = np.array(correct)
+    outcomes = {"unit": "image", "n": len(hits), "labels": "l", "images": "i", "top1": pack_bits(hits)}
+    return {"trial": number, "state": "COMPLETE", "feasible": True, "baseline": baseline, "options": {},
+            "metrics": {"accuracy": 100 * hits.mean(), "latency": p90}, "constraints": [], "reused": [],
+            "status": "complete", "note": "",
+            "evidence": {"accuracy": {"metric": "top1", "top1": 100 * hits.mean(), "outcomes": outcomes,
+                                      "accuracy_images": len(hits)},
+                         "latency": {"statistic": "p90", "p90_ms": p90, "p90_ci_ms": list(ci), "iterations": 500}}}
+
+
+def test_trials_are_compared_beyond_their_noise() -> None:
+    from compressor.search import report, results
+    from compressor.search_config import SearchConfig
+
+    cfg = SearchConfig.model_validate({
+        "artifact": "onnx", "space": {"stages.student.epochs": {"choice": [1, 2]}}, "budget": {"trials": 2},
+        "objectives": {"accuracy": {"metric": "top1"}, "latency": {"statistic": "p90"}}})
+    right = [True] * 800 + [False] * 200
+    base = _trial(0, right, 2.0, (1.9, 2.1), baseline=True)
+    # 3 images more right and 0.05 ms faster: ahead on both values, within the noise of both
+    close = _trial(1, [True] * 803 + [False] * 197, 1.95, (1.85, 2.05))
+    # as accurate on the same images and clearly faster: beats the recipe beyond the noise
+    fast = _trial(2, right, 1.2, (1.15, 1.25))
+    # much less accurate (paired: 100 images lost), fastest
+    poor = _trial(3, [True] * 700 + [False] * 300, 1.0, (0.95, 1.05))
+    assert results.compare(close, base, cfg) == {"accuracy": "level", "latency": "level"}
+    assert results.compare(fast, base, cfg) == {"accuracy": "level", "latency": "better"}
+    assert results.compare(poor, base, cfg) == {"accuracy": "worse", "latency": "better"}
+    assert not results.beats(close, base, cfg) and results.beats(fast, base, cfg)
+    assert results.beats(fast, close, cfg)  # 3 images are within the noise; 0.7 ms is not
+    beaten = results.dominating([base, close], cfg, base)
+    assert [(r["trial"], r["beyond_noise"]) for r in beaten] == [(1, False)]
+    text = report._versus_base(base, beaten, {"accuracy": "top-1 %", "latency": "p90 ms"})
+    assert "is dominated by trial(s) 1 on the measured values; by none beyond the noise" in text
+    # the front keeps a trial that is only a point estimate behind another
+    assert {r["trial"] for r in results.pareto_front([base, close], cfg)} == {0, 1}
+    assert {r["trial"] for r in results.pareto_front([base, close, fast, poor], cfg)} == {2, 3}
+    beaten = results.dominating([base, close, fast, poor], cfg, base)
+    assert [(r["trial"], r["beyond_noise"]) for r in beaten] == [(1, False), (2, True)]
+    assert "beyond the noise (95% intervals" in report._versus_base(base, beaten, {"accuracy": "a", "latency": "l"})

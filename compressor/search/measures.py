@@ -82,6 +82,31 @@ def objective_values(cfg: SearchConfig, recipe: Recipe, rows: list[dict[str, Any
     return values
 
 
+def objective_evidence(cfg: SearchConfig, recipe: Recipe, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What trials are compared by, beyond their values: the per-image outcomes of the row the accuracy
+    objective took (paired intervals on the same images) and the interval of the latency statistic."""
+    evidence: dict[str, Any] = {}
+    objectives = cfg.objectives
+    if objectives.accuracy is not None:
+        metric = accuracy_metric(cfg, recipe)
+        found = [r for r in _rows(rows, objectives.accuracy.artifact or cfg.artifact, objectives.accuracy)
+                 if r.get(metric) is not None]
+        if found:
+            row = min(found, key=lambda r: float(r[metric]))
+            evidence["accuracy"] = {"metric": metric, metric: row[metric], "outcomes": row.get("outcomes"),
+                                    "accuracy_images": row.get("accuracy_images")}
+    if objectives.latency is not None:
+        lat = objectives.latency
+        key = f"{lat.statistic}_ms"
+        found = [r for r in _rows(rows, lat.artifact or cfg.artifact, lat) if r.get(key) is not None]
+        if found:
+            row = max(found, key=lambda r: float(r[key]))
+            evidence["latency"] = {"statistic": lat.statistic, key: row[key],
+                                   f"{lat.statistic}_ci_ms": row.get(f"{lat.statistic}_ci_ms"),
+                                   "iterations": row.get("iterations")}
+    return evidence
+
+
 def _reference_row(rows: list[dict[str, Any]], row: dict[str, Any], reference: str | None, timing: bool,
                    ) -> dict[str, Any] | None:
     same = [c for c in rows if c.get("bench") == row.get("bench") and c.get("stage") == reference

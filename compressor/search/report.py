@@ -146,6 +146,25 @@ def no_plan_message(rows: list[dict[str, Any]], cfg: SearchConfig, nearest: dict
             f"({_options(nearest)}: {near}); best.yaml was not written, see {report_path}")
 
 
+def _versus_base(base: dict[str, Any], beaten_by: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """Which trials dominate the recipe as written, and whether beyond the noise (95% intervals)."""
+    written = (f"The recipe as written (trial {base['trial']}: "
+               + ", ".join(f"{labels[n]} {_value(base, n)}" for n in labels) + ")")
+    if not beaten_by:
+        return f"No trial dominates the recipe as written (trial {base['trial']}).\n"
+    sure = [r for r in beaten_by if r["beyond_noise"]]
+    lines = [f"{written} is dominated by trial(s) {', '.join(str(r['trial']) for r in beaten_by)} on the "
+             "measured values; "
+             + (f"beyond the noise (95% intervals: paired on the same images for accuracy, bootstrap for "
+                f"latency) by trial(s) {', '.join(str(r['trial']) for r in sure)}." if sure
+                else "by none beyond the noise (95% intervals): the differences are within what the "
+                     "validation images and the timing samples can tell apart."), ""]
+    for r in beaten_by:
+        lines.append(f"- trial {r['trial']}: " + ", ".join(
+            f"{labels[n]} {_value(r, n)} ({r['versus_base'][n]})" for n in labels))
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], front: list[dict[str, Any]],
              chosen: dict[str, Any] | None, nearest: dict[str, Any] | None, base: dict[str, Any] | None,
              beaten_by: list[dict[str, Any]], labels: dict[str, str], cfg: SearchConfig,
@@ -165,12 +184,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], front: list[di
                    + (f" The closest is trial {nearest['trial']} ({_options(nearest)}):\n\n{_constraint_lines(nearest)}"
                       if nearest is not None else " No trial finished.\n"))
     if base is not None:
-        if beaten_by:
-            out.append(f"The recipe as written (trial {base['trial']}: "
-                       + ", ".join(f"{labels[n]} {_value(base, n)}" for n in labels)
-                       + f") is dominated by trial(s) {', '.join(str(r['trial']) for r in beaten_by)}.\n")
-        else:
-            out.append(f"No trial dominates the recipe as written (trial {base['trial']}).\n")
+        out.append(_versus_base(base, beaten_by, labels))
     out.append("## Pareto front\n")
     out.append(("Among the trials that meet every constraint.\n\n" if any(r["feasible"] for r in front)
                 else "No trial meets every constraint: the front of all finished trials.\n\n")

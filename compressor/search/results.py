@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressor.metrics.stats import drop_interval, latency_interval
 from compressor.search import space
 from compressor.search_config import SearchConfig
 
@@ -30,7 +31,7 @@ def trial_rows(trials: list[Any], cfg: SearchConfig) -> list[dict[str, Any]]:
         rows.append({
             "trial": t.number, "status": status, "state": t.state.name,
             "options": attrs.get("options") or {k: _decoded(cfg, k, v) for k, v in t.params.items()},
-            "metrics": attrs.get("metrics") or {}, "feasible": attrs.get("feasible"),
+            "metrics": attrs.get("metrics") or {}, "evidence": attrs.get("evidence") or {}, "feasible": attrs.get("feasible"),
             "violations": attrs.get("violations"), "constraints": attrs.get("constraints") or [],
             "progress": attrs.get("progress") or {}, "keys": attrs.get("keys") or {},
             "reused": attrs.get("reused") or [], "seconds": attrs.get("seconds"), "worker": attrs.get("worker"),
@@ -54,16 +55,47 @@ def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
+def compare(a: dict[str, Any], b: dict[str, Any], cfg: SearchConfig) -> dict[str, str]:
+    """Per objective, whether trial ``a`` is ``better``, ``worse`` or ``level`` with trial ``b`` beyond the
+    noise, by the machinery the gates use: accuracy by the 95% interval of the difference on the same images
+    (paired; unpaired from the image counts when the outcomes were not recorded), latency by the bootstrap
+    intervals of the statistic (disjoint intervals differ), size exactly. An objective without an interval
+    on either side is compared on its values."""
+    out: dict[str, str] = {}
+    for name in cfg.objectives.names():
+        mine, theirs = a["metrics"][name], b["metrics"][name]
+        sign = -1.0 if name == "accuracy" else 1.0  # smaller is better after the sign
+        verdict = "better" if sign * mine < sign * theirs else "worse" if sign * mine > sign * theirs else "level"
+        ev_a, ev_b = a.get("evidence", {}).get(name), b.get("evidence", {}).get(name)
+        if name == "accuracy" and ev_a and ev_b and ev_a.get("metric") == ev_b.get("metric"):
+            iv = drop_interval(ev_b, ev_a, str(ev_a["metric"]))  # b - a, in points
+            if iv is not None:
+                verdict = "better" if iv.high < 0 else "worse" if iv.low > 0 else "level"
+        elif name == "latency" and ev_a and ev_b and ev_a.get("statistic") == ev_b.get("statistic"):
+            ia, ib = latency_interval(ev_a, str(ev_a["statistic"])), latency_interval(ev_b, str(ev_b["statistic"]))
+            if ia is not None and ib is not None:
+                verdict = "better" if ia.high < ib.low else "worse" if ia.low > ib.high else "level"
+        out[name] = verdict
+    return out
+
+
+def beats(a: dict[str, Any], b: dict[str, Any], cfg: SearchConfig) -> bool:
+    """``a`` dominates ``b`` beyond the noise: better on one objective and worse on none, by :func:`compare`."""
+    verdicts = compare(a, b, cfg).values()
+    return "worse" not in verdicts and "better" in verdicts
+
+
 def complete(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, Any]]:
     names = cfg.objectives.names()
     return [r for r in rows if r["state"] == "COMPLETE" and all(n in r["metrics"] for n in names)]
 
 
 def pareto_front(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, Any]]:
-    """Trials no other trial beats on every objective: among those meeting the constraints when any do."""
+    """Trials no other trial beats beyond the noise (:func:`beats`): among those meeting the constraints
+    when any do. A trial only a point estimate ahead of another keeps both on the front."""
     done = complete(rows, cfg)
     pool = [r for r in done if r["feasible"]] or done
-    front = [r for r in pool if not any(dominates(_signed(cfg, o), _signed(cfg, r)) for o in pool if o is not r)]
+    front = [r for r in pool if not any(beats(o, r, cfg) for o in pool if o is not r)]
     first = cfg.objectives.names()[0]
     return sorted(front, key=lambda r: _signed(cfg, r)[cfg.objectives.names().index(first)])
 
@@ -93,5 +125,10 @@ def failed_constraints(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dominating(rows: list[dict[str, Any]], cfg: SearchConfig, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Finished trials that beat ``base`` on one objective and lose on none."""
-    return [r for r in complete(rows, cfg) if r is not base and dominates(_signed(cfg, r), _signed(cfg, base))]
+    """Finished trials that beat ``base`` on one objective and lose on none, on their values; each row's
+    ``beyond_noise`` says whether it also does so beyond the noise, and ``versus_base`` how, per objective."""
+    out = []
+    for r in complete(rows, cfg):
+        if r is not base and dominates(_signed(cfg, r), _signed(cfg, base)):
+            out.append({**r, "beyond_noise": beats(r, base, cfg), "versus_base": compare(r, base, cfg)})
+    return out

@@ -192,6 +192,7 @@ def write_outputs(doc: dict[str, Any], recipe: Recipe, cfg: SearchConfig, opts: 
         "front": [r["trial"] for r in front], "chosen": chosen["trial"] if chosen else None,
         "best_yaml": str(best_path) if best_path else None,
         "baseline": base["trial"] if base else None, "baseline_dominated_by": [r["trial"] for r in beaten_by],
+        "baseline_dominated_beyond_noise_by": [r["trial"] for r in beaten_by if r["beyond_noise"]],
         "closest": nearest["trial"] if nearest else None,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

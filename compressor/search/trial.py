@@ -17,7 +17,7 @@ from compressor.registry import STAGES, StageEntry
 from compressor.release.bundle import artifact_sizes, benchmark_rows
 from compressor.release.gates import GateSet, MaxTop1Drop, MinAccuracy, evaluate_gates
 from compressor.search import space
-from compressor.search.measures import accuracy_metric, objective_values, violation
+from compressor.search.measures import accuracy_metric, objective_evidence, objective_values, violation
 from compressor.search.study import optuna_module, worker_id
 from compressor.search_config import SearchConfig
 
@@ -98,6 +98,7 @@ class TrialRunner:
         rows, sizes = benchmark_rows(stages), artifact_sizes(stages)
         values = objective_values(self.cfg, self.recipe, rows, sizes)
         trial.set_user_attr("metrics", values)
+        trial.set_user_attr("evidence", objective_evidence(self.cfg, self.recipe, rows))
         self._judge(trial, rows, sizes, keys)
         return tuple(float(values[name]) for name in self.cfg.objectives.names())
 
