@@ -76,7 +76,7 @@ data:
 demo: setup-demo
 	$(VENV)/bin/compressor run recipes/demo.yaml
 
-# compressor search on the embedded data: about an hour on 2 cores (budget: 12 trials or 60 minutes).
+# compressor search on the embedded data: under an hour on 2 cores (budget: 40 trials or 45 minutes of trial starts).
 search-demo: setup
 	$(VENV)/bin/compressor search recipes/search_demo.yaml $(if $(WORKERS),--workers $(WORKERS))
 
