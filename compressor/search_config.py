@@ -166,7 +166,7 @@ class SearchConfig(Strict):
                                 "gates.teacher).")
     budget: Budget
     choose: Choose = Field("most_accurate", description="Which plan best.yaml holds, among those meeting every "
-                           "constraint: most_accurate (ties: faster), fastest, smallest.")
+                           "constraint that no other beats beyond the noise (the front): most_accurate (ties: faster), fastest, smallest.")
     sampler: Literal["nsga2", "tpe"] = Field("nsga2", description="Optuna sampler (multi-objective either way).")
     population: int = Field(8, ge=2, description="NSGA-II population size (its first generation is random).")
     seed: int | None = Field(None, description="Sampler seed (default: the recipe's seed).")

@@ -176,7 +176,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], front: list[di
                        for n, d in zip(labels, summary["directions"], strict=True))
            + f"; trials: {counts}; stage cache `{summary['cache_dir']}`.\n"]
     if chosen is not None:
-        out.append(f"**Chosen ({cfg.choose.replace('_', ' ')} within the constraints): trial {chosen['trial']}** "
+        out.append(f"**Chosen ({cfg.choose.replace('_', ' ')} of the front, within the constraints): trial {chosen['trial']}** "
                    f"({_options(chosen)}): " + ", ".join(f"{labels[n]} {_value(chosen, n)}" for n in labels)
                    + f". Recipe: `{summary['best_yaml']}`.\n")
     else:

@@ -101,10 +101,13 @@ def pareto_front(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str
 
 
 def choose(rows: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, Any] | None:
-    """The plan best.yaml holds: by ``cfg.choose`` among the trials that meet every constraint."""
+    """The plan best.yaml holds: by ``cfg.choose`` among the trials that meet every constraint and that no
+    other such trial beats beyond the noise (the front), so a plan only a point estimate ahead of a
+    faster one is not chosen on noise."""
     feasible = [r for r in complete(rows, cfg) if r["feasible"]]
     if not feasible:
         return None
+    feasible = [r for r in feasible if not any(beats(o, r, cfg) for o in feasible if o is not r)]
     m = lambda r, n: r["metrics"].get(n, 0.0)  # noqa: E731 - a missing objective does not rank
     keys = {
         "most_accurate": lambda r: (-m(r, "accuracy"), m(r, "latency"), m(r, "size"), r["trial"]),
