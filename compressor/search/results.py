@@ -92,7 +92,7 @@ def complete(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, An
 
 def pareto_front(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, Any]]:
     """Trials no other trial beats beyond the noise (:func:`beats`): among those meeting the constraints
-    when any do. A trial only a point estimate ahead of another keeps both on the front."""
+    when any do. A trial that others beat only on point estimates stays on the front."""
     done = complete(rows, cfg)
     pool = [r for r in done if r["feasible"]] or done
     front = [r for r in pool if not any(beats(o, r, cfg) for o in pool if o is not r)]
@@ -104,10 +104,9 @@ def choose(rows: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, Any] | No
     """The plan best.yaml holds: by ``cfg.choose`` among the trials that meet every constraint and that no
     other such trial beats beyond the noise (the front), so a plan only a point estimate ahead of a
     faster one is not chosen on noise."""
-    feasible = [r for r in complete(rows, cfg) if r["feasible"]]
-    if not feasible:
+    if not any(r["feasible"] for r in complete(rows, cfg)):
         return None
-    feasible = [r for r in feasible if not any(beats(o, r, cfg) for o in feasible if o is not r)]
+    feasible = pareto_front(rows, cfg)  # among the feasible trials, as some are
     m = lambda r, n: r["metrics"].get(n, 0.0)  # noqa: E731 - a missing objective does not rank
     keys = {
         "most_accurate": lambda r: (-m(r, "accuracy"), m(r, "latency"), m(r, "size"), r["trial"]),
