@@ -48,33 +48,41 @@ def _filters(spec: Any) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _objective_rows(cfg: SearchConfig, recipe: Recipe, rows: list[dict[str, Any]]
+                    ) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The benchmark row each of the accuracy and latency objectives is read from, with the key it is read
+    at. Several matching rows (backends, targets) give the worst: a plan is as good as its worst runtime."""
+    chosen: dict[str, tuple[str, dict[str, Any]]] = {}
+    objectives = cfg.objectives
+    if objectives.accuracy is not None:
+        artifact = objectives.accuracy.artifact or cfg.artifact
+        metric = accuracy_metric(cfg, recipe)
+        found = [r for r in _rows(rows, artifact, objectives.accuracy) if r.get(metric) is not None]
+        if not found:
+            msg = f"no benchmark row of {artifact}{_filters(objectives.accuracy)} has {metric}"
+            raise CompressorError(msg)
+        chosen["accuracy"] = metric, min(found, key=lambda r: float(r[metric]))
+    if objectives.latency is not None:
+        lat = objectives.latency
+        artifact = lat.artifact or cfg.artifact
+        key = f"{lat.statistic}_ms"
+        found = [r for r in _rows(rows, artifact, lat) if r.get(key) is not None]
+        if not found:
+            msg = f"no benchmark row of {artifact}{_filters(lat)} has {key}"
+            raise CompressorError(msg)
+        chosen["latency"] = key, max(found, key=lambda r: float(r[key]))
+    return chosen
+
+
 def objective_values(cfg: SearchConfig, recipe: Recipe, rows: list[dict[str, Any]],
                      sizes: dict[str, int]) -> dict[str, float]:
     """``{"accuracy": points, "latency": ms, "size": bytes}`` for the objectives the search has.
 
     Several matching rows (backends, targets) give the worst value: a plan is as good as its worst runtime.
     """
-    values: dict[str, float] = {}
-    objectives = cfg.objectives
-    if objectives.accuracy is not None:
-        artifact = objectives.accuracy.artifact or cfg.artifact
-        metric = accuracy_metric(cfg, recipe)
-        found = [float(r[metric]) for r in _rows(rows, artifact, objectives.accuracy) if r.get(metric) is not None]
-        if not found:
-            msg = f"no benchmark row of {artifact}{_filters(objectives.accuracy)} has {metric}"
-            raise CompressorError(msg)
-        values["accuracy"] = min(found)
-    if objectives.latency is not None:
-        lat = objectives.latency
-        artifact = lat.artifact or cfg.artifact
-        key = f"{lat.statistic}_ms"
-        found = [float(r[key]) for r in _rows(rows, artifact, lat) if r.get(key) is not None]
-        if not found:
-            msg = f"no benchmark row of {artifact}{_filters(lat)} has {key}"
-            raise CompressorError(msg)
-        values["latency"] = max(found)
-    if objectives.size is not None:
-        artifact = objectives.size.artifact or cfg.artifact
+    values = {name: float(row[key]) for name, (key, row) in _objective_rows(cfg, recipe, rows).items()}
+    if cfg.objectives.size is not None:
+        artifact = cfg.objectives.size.artifact or cfg.artifact
         if artifact not in sizes:
             msg = f"no files were recorded for {artifact}"
             raise CompressorError(msg)
@@ -86,24 +94,14 @@ def objective_evidence(cfg: SearchConfig, recipe: Recipe, rows: list[dict[str, A
     """What trials are compared by, beyond their values: the per-image outcomes of the row the accuracy
     objective took (paired intervals on the same images) and the interval of the latency statistic."""
     evidence: dict[str, Any] = {}
-    objectives = cfg.objectives
-    if objectives.accuracy is not None:
-        metric = accuracy_metric(cfg, recipe)
-        found = [r for r in _rows(rows, objectives.accuracy.artifact or cfg.artifact, objectives.accuracy)
-                 if r.get(metric) is not None]
-        if found:
-            row = min(found, key=lambda r: float(r[metric]))
-            evidence["accuracy"] = {"metric": metric, metric: row[metric], "outcomes": row.get("outcomes"),
-                                    "accuracy_images": row.get("accuracy_images")}
-    if objectives.latency is not None:
-        lat = objectives.latency
-        key = f"{lat.statistic}_ms"
-        found = [r for r in _rows(rows, lat.artifact or cfg.artifact, lat) if r.get(key) is not None]
-        if found:
-            row = max(found, key=lambda r: float(r[key]))
-            evidence["latency"] = {"statistic": lat.statistic, key: row[key],
-                                   f"{lat.statistic}_ci_ms": row.get(f"{lat.statistic}_ci_ms"),
-                                   "iterations": row.get("iterations")}
+    for name, (key, row) in _objective_rows(cfg, recipe, rows).items():
+        if name == "accuracy":
+            evidence[name] = {"metric": key, key: row[key], "outcomes": row.get("outcomes"),
+                              "accuracy_images": row.get("accuracy_images")}
+        else:
+            statistic = key.removesuffix("_ms")
+            evidence[name] = {"statistic": statistic, key: row[key], f"{statistic}_ci_ms": row.get(f"{statistic}_ci_ms"),
+                              "iterations": row.get("iterations")}
     return evidence
 
 

@@ -79,10 +79,13 @@ def compare(a: dict[str, Any], b: dict[str, Any], cfg: SearchConfig) -> dict[str
     return out
 
 
+def _beats(verdicts: dict[str, str]) -> bool:
+    return "worse" not in verdicts.values() and "better" in verdicts.values()
+
+
 def beats(a: dict[str, Any], b: dict[str, Any], cfg: SearchConfig) -> bool:
     """``a`` dominates ``b`` beyond the noise: better on one objective and worse on none, by :func:`compare`."""
-    verdicts = compare(a, b, cfg).values()
-    return "worse" not in verdicts and "better" in verdicts
+    return _beats(compare(a, b, cfg))
 
 
 def complete(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str, Any]]:
@@ -100,13 +103,14 @@ def pareto_front(rows: list[dict[str, Any]], cfg: SearchConfig) -> list[dict[str
     return sorted(front, key=lambda r: _signed(cfg, r)[cfg.objectives.names().index(first)])
 
 
-def choose(rows: list[dict[str, Any]], cfg: SearchConfig) -> dict[str, Any] | None:
+def choose(rows: list[dict[str, Any]], cfg: SearchConfig, front: list[dict[str, Any]] | None = None,
+           ) -> dict[str, Any] | None:
     """The plan best.yaml holds: by ``cfg.choose`` among the trials that meet every constraint and that no
     other such trial beats beyond the noise (the front), so a plan only a point estimate ahead of a
     faster one is not chosen on noise."""
     if not any(r["feasible"] for r in complete(rows, cfg)):
         return None
-    feasible = pareto_front(rows, cfg)  # among the feasible trials, as some are
+    feasible = pareto_front(rows, cfg) if front is None else front  # of the feasible trials, as some are
     m = lambda r, n: r["metrics"].get(n, 0.0)  # noqa: E731 - a missing objective does not rank
     keys = {
         "most_accurate": lambda r: (-m(r, "accuracy"), m(r, "latency"), m(r, "size"), r["trial"]),
@@ -132,5 +136,6 @@ def dominating(rows: list[dict[str, Any]], cfg: SearchConfig, base: dict[str, An
     out = []
     for r in complete(rows, cfg):
         if r is not base and dominates(_signed(cfg, r), _signed(cfg, base)):
-            out.append({**r, "beyond_noise": beats(r, base, cfg), "versus_base": compare(r, base, cfg)})
+            verdicts = compare(r, base, cfg)
+            out.append({**r, "beyond_noise": _beats(verdicts), "versus_base": verdicts})
     return out

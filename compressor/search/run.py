@@ -175,7 +175,7 @@ def write_outputs(doc: dict[str, Any], recipe: Recipe, cfg: SearchConfig, opts: 
     metric = accuracy_metric(cfg, recipe)
     labels = report.objective_labels(cfg, metric)
     front = results.pareto_front(rows, cfg)
-    chosen = results.choose(rows, cfg)
+    chosen = results.choose(rows, cfg, front)
     nearest = results.closest(rows, cfg) if chosen is None else None
     base = next((r for r in results.complete(rows, cfg) if r["baseline"]), None)
     beaten_by = results.dominating(rows, cfg, base) if base is not None else []
