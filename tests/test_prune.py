@@ -172,6 +172,43 @@ def test_module_that_breaks_after_pruning_named_with_ignore_option() -> None:
     assert model[4].out_channels < 32
 
 
+def test_split_failure_names_the_block_that_splits_not_the_conv_inside() -> None:
+    """The Conv2d that fails gets channels from its caller's fixed split: the block to leave whole is the caller."""
+    from tests.tinynet import split_paths_net
+
+    with pytest.raises(PruningError, match=r"cannot prune layer '2\.paths\.0\.0' \(Conv2d\) inside SplitPaths '2': "
+                       r".* ignore_layers: \['2'\] \(or ignore_types: \[SplitPaths\]\)"):
+        prune_model(split_paths_net(), torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, round_to=None))
+    model = split_paths_net()
+    prune_model(model, torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, round_to=None, ignore_layers=["2"]))
+    assert model[0].out_channels == 16 and model[3].out_channels < 32  # the split's input kept whole
+
+
+def test_a_failure_inside_torch_pruning_is_a_pruning_error_naming_the_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch-pruning's importance estimate indexing past a layer's channels (timm dpn48b's dual paths) is exit 2
+    with the layer and the block to leave whole, not torch-pruning's traceback."""
+    import compressor.train.pruning as pruning
+    from tests.tinynet import custom_layers_net
+
+    real = pruning._importance
+
+    def failing(tp: Any, kind: Any) -> Any:
+        importance = real(tp, kind)
+
+        def estimate(group: Any) -> Any:
+            if len(group) > 3:  # the group through the depthwise layer
+                msg = "index 512 is out of bounds for dimension 0 with size 64"
+                raise IndexError(msg)
+            return importance(group)
+        return estimate
+
+    monkeypatch.setattr(pruning, "_importance", failing)
+    with pytest.raises(PruningError, match=r"torch-pruning failed on the channel group of layer '\d' \(IndexError: "
+                       r"index 512 is out of bounds .*\): .* prune\.ignore_layers: \['\d'\] \(or prune\.ignore_types: "
+                       r"\[PaddedConv2d\]\)"):
+        prune_model(custom_layers_net(), torch.randn(1, 3, SIZE, SIZE), PruneOptions(channel_ratio=0.5, round_to=None))
+
+
 def test_structure_refuses_a_module_the_source_lacks() -> None:
     meta = model_meta(TINY, 10, 3)
     model = build_from_meta(meta)

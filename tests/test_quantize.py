@@ -300,3 +300,26 @@ def test_qat_freezer_fixes_batchnorm_statistics_then_quantizer_ranges() -> None:
     assert quantizer.scale.requires_grad and record == [{"epoch": 2, "batchnorm": 1}]
     freeze(2, model)  # epoch 3: the quantizer ranges stop training too
     assert not quantizer.scale.requires_grad and record[-1] == {"epoch": 3, "batchnorm": 1, "quantizers": 1}
+
+
+def test_qat_versus_ptq_is_paired_and_says_whether_the_change_is_beyond_noise() -> None:
+    from compressor.stages.quantize import qat_versus_ptq
+
+    labels = np.zeros(1000, dtype=int)
+
+    def logits(correct: np.ndarray) -> np.ndarray:
+        out = np.zeros((1000, 2), dtype=np.float32)
+        out[np.arange(1000), np.where(correct, 0, 1)] = 1
+        return out
+
+    base = np.arange(1000) < 700
+    fp32 = logits(base)
+    few = base.copy()
+    few[700:703] = True  # QAT gains 3 images: +0.3 pt, inside the paired interval
+    small = qat_versus_ptq(fp32, logits(base), logits(few), labels)
+    assert small["change_pt"] == 0.3 and small["low_pt"] < 0 < small["high_pt"] and small["verdict"] == "within noise"
+    assert small["ptq_agreement_with_fp32"] == 100.0 and small["qat_agreement_with_fp32"] == 99.7
+    many = base.copy()
+    many[:60] = False  # QAT loses 60 images: -6 pt
+    large = qat_versus_ptq(fp32, logits(base), logits(many), labels)
+    assert large["change_pt"] == -6.0 and large["high_pt"] < 0 and large["verdict"] == "beyond noise"

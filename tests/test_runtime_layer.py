@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +104,29 @@ def test_int8_tflite_gives_identical_outputs_in_process_and_in_the_runner(tmp_pa
     art = JobArtifact("int8", "tflite", path)
     via_runner = _outputs_of_the_runner(tmp_path, art, images)
     np.testing.assert_array_equal(inproc, via_runner)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "tflite", "int8_tflite"])
+def test_a_bound_input_times_the_inference_and_gives_the_outputs_of_run(fmt: str, model_files: Any,
+                                                                        tmp_path: Path) -> None:
+    """The latency call (input set once, in the file's layout and type, as benchmark_app times a model) returns
+    what ``run`` returns, call after call; a backend without ``bind`` is timed through ``run``."""
+    from compressor.runtime.backends import timed_call
+
+    if fmt == "int8_tflite":
+        pytest.importorskip("ai_edge_quantizer")
+        from tests.int8_artifacts import tflite_int8
+
+        torch.manual_seed(0)
+        calib = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
+        path, backend, shape = tflite_int8(HalfwayInt8Input().eval(), calib, tmp_path), "litert", (1, 1, 8, 8)
+    else:
+        path, backend = model_files.get(fmt), {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
+        shape = (1, 1, 12, 12)
+    session = get_backend(backend).load(path, {}, RuntimeOptions(threads=1))
+    x = np.random.default_rng(2).random(shape, dtype=np.float32)
+    expected = session.run(x)
+    call = timed_call(session, x)
+    assert hasattr(session, "bind") == (backend != "onnxruntime")
+    for _ in range(3):
+        np.testing.assert_array_equal(call(), expected)

@@ -47,6 +47,14 @@ def tiny_cnn_bn_head(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     )
 
 
+def tiny_cnn_tf_bn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """BatchNorm with TensorFlow's slow running average (momentum 0.01, as TF ports of EfficientNet keep)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=0.01), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
+    )
+
+
 def tiny_cnn_plain(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """No normalization at all (12 x 12 inputs): a learning rate far too high makes it diverge in a few steps."""
     return nn.Sequential(
@@ -180,6 +188,30 @@ def custom_layers_net(num_classes: int = 10, in_channels: int = 3, width: int = 
         PaddedConv2d(width, width, 3, groups=width, bias=False), BatchNormAct(width, act="relu"),
         PaddedConv2d(width, width * 2, 1, bias=False), BatchNormAct(width * 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width * 2, num_classes),
+    )
+
+
+class SplitPaths(nn.Module):
+    """Fixed-width paths over a split of its input (as timm's SelectiveKernel and Res2Net's Bottle2neck):
+    the convolution inside breaks once the channels before it are pruned, the split being a constant."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.width = channels // 2
+        self.paths = nn.ModuleList(nn.Sequential(nn.Conv2d(self.width, self.width, 3, padding=1), nn.ReLU())
+                                   for _ in range(2))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch.cat([path(part) for path, part in zip(self.paths, torch.split(x, self.width, dim=1),
+                                                              strict=True)], 1)
+
+
+def split_paths_net(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), SplitPaths(16),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
     )
 
 

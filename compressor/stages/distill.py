@@ -231,7 +231,8 @@ def run_distill(cfg: DistillConfig, ctx: StageContext) -> StageOutput:
         f"val_{m}": result.best_score, f"student_{m}": result.best_score,
         "gap_to_teacher": round(teacher_top1 - result.best_score, 3),
         "epochs_run": result.epochs_run, "resumed_from_epoch": result.resumed_from_epoch,
-        "history": result.history, "macs": artifact.meta["macs"], "params": artifact.meta["params"],
+        "history": result.history, "bn_recalibration_batches": result.bn_recalibration_batches,
+        "macs": artifact.meta["macs"], "params": artifact.meta["params"],
         "teacher_macs": teacher_art.meta.get("macs"), "teacher_params": teacher_art.meta.get("params"),
         "teacher_logits_cached": cache is not None,
     }

@@ -167,7 +167,8 @@ def run_prune(cfg: PruneConfig, ctx: StageContext) -> StageOutput:
                                   "top1_pruned": val_score(model, ctx)}
         if cfg.finetune is not None:
             result = fit(model, ctx, cfg.finetune, loss_fn=base_loss, extra=head, desc=f"finetune{step}")
-            record.update(top1_finetuned=result.best_score, finetune_history=result.history)
+            record.update(top1_finetuned=result.best_score, finetune_history=result.history,
+                              bn_recalibration_batches=result.bn_recalibration_batches)
         history.append(record)
         ctx.log(f"{ctx.name}: step {step}/{cfg.steps}: MACs {macs / pruner.base_macs:.1%} of the original, "
                 f"val top-1 {record['top1_pruned']:.2f} pruned"

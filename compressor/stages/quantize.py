@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ class QatOptions(TrainOptions):
     freeze_quantizers_after: int | None = Field(
         None, ge=0, description="NNCF quantizer ranges (scales) train during this many epochs, then stay fixed "
         "(torchvision's observer freeze). None: trained throughout.")
+    bn_recalibration: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        0, description="Off by default: freeze_bn_after decides what happens to BatchNorm statistics in QAT.")
 
 
 class QuantizeConfig(StageConfig):
@@ -395,6 +397,21 @@ def _artifact(ctx: StageContext, fmt: str, files: dict[str, str], settings: dict
     return ctx.new_artifact(fmt, files, meta)
 
 
+def qat_versus_ptq(fp32: np.ndarray, ptq: np.ndarray, qat: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """QAT's end against its PTQ start on the same images: the paired change in top-1 with its 95% interval
+    (Bonett-Price; McNemar's p) and each one's top-1 agreement with FP32 -- distillation pulls QAT towards
+    the FP32 model, so a PTQ start that beat FP32 by chance is given back, not lost to QAT."""
+    from compressor.metrics.stats import paired_drop
+
+    drop = paired_drop(ptq.argmax(1) == labels, qat.argmax(1) == labels)
+    change, low, high = -drop.value, -drop.high, -drop.low
+    verdict = "beyond noise" if low > 0 or high < 0 else "within noise"
+    return {"change_pt": round(change, 3), "low_pt": round(low, 3), "high_pt": round(high, 3), "verdict": verdict,
+            "test": drop.method, "images": drop.n,
+            "ptq_agreement_with_fp32": round(float((ptq.argmax(1) == fp32.argmax(1)).mean()) * 100, 3),
+            "qat_agreement_with_fp32": round(float((qat.argmax(1) == fp32.argmax(1)).mean()) * 100, 3)}
+
+
 def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
              val: tuple[np.ndarray, np.ndarray]) -> StageOutput:
     """The ``quantize`` stage in ``mode: qat``: NNCF fake-quant, fine-tune (optionally with KD), export."""
@@ -412,7 +429,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     quantized = insert_fake_quant(_source_model(ctx), calib, kwargs)
     task = task_of(ctx)
     scorer = task.value if task.is_embedding else None
-    ptq_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
+    ptq_logits = runners.logits(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images)
+    ptq_top1 = round((scorer or runners.top1_score)(ptq_logits, labels), 3)
     opts = TrainOptions.model_validate(cfg.qat.model_dump(
         exclude={"distill", "temperature", "alpha", "freeze_bn_after", "freeze_quantizers_after"}))
     loss_fn, head = qat_loss(ctx, teacher, quantized, cfg.qat.distill, cfg.qat.alpha, cfg.qat.temperature,
@@ -422,7 +440,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     freeze = qat_freezer(cfg.qat.freeze_bn_after, cfg.qat.freeze_quantizers_after, frozen)
     result = fit(quantized, ctx, opts, loss_fn=loss_fn, extra=head, desc="qat", epoch_start=freeze)
     quantized.cpu().eval()
-    qat_top1 = runners.top1(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images, labels, scorer)
+    qat_logits = runners.logits(lambda x: quantized(torch.from_numpy(x)).detach().numpy(), images)
+    qat_top1 = round((scorer or runners.top1_score)(qat_logits, labels), 3)
     kept = "qat"
     if qat_top1 < ptq_top1:
         # Fine-tuning ended below its own starting point (NNCF's PTQ): keep the start, as a best-epoch
@@ -433,6 +452,11 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
                                           cfg.onnx_exporter, cfg.opset, ctx.threads, cfg.ov_hint)
     fp32_logits = runners.logits(lambda x: fp32(torch.from_numpy(x)).detach().numpy(), images)
     int8_logits = runners.logits(run, images)
+    versus = None if task.is_embedding else qat_versus_ptq(fp32_logits, ptq_logits, qat_logits, labels)
+    if versus is not None:
+        ctx.log(f"{ctx.name}: QAT vs its PTQ start {versus['change_pt']:+.2f} pt (95% {versus['low_pt']:+.2f} .. "
+                f"{versus['high_pt']:+.2f}, {versus['verdict']}); top-1 agreement with FP32: PTQ "
+                f"{versus['ptq_agreement_with_fp32']:.1f}%, QAT {versus['qat_agreement_with_fp32']:.1f}%; kept {kept}")
     fp32_top1 = round(task.value(fp32_logits, labels), 3)
     int8_top1 = round(task.value(int8_logits, labels), 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
@@ -440,6 +464,7 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
                 **folded}
     drop = round(fp32_top1 - int8_top1, 3)
     metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
+               "qat_versus_ptq": versus,
                "int8_top1": int8_top1,
                "drop": drop, "qat_best_val_top1": result.best_score,
                "qat_history": result.history, "eval_images": len(images), "settings": settings,

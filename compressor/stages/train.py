@@ -19,5 +19,6 @@ def run_train(cfg: TrainConfig, ctx: StageContext) -> StageOutput:
     return StageOutput(artifact, {
         f"val_{result.metric}": result.best_score, "epochs_run": result.epochs_run,
         "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
+        "bn_recalibration_batches": result.bn_recalibration_batches,
         "macs": artifact.meta["macs"], "params": artifact.meta["params"],
     })

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from compressor.core.distributed import all_reduce_sum
 from compressor.core.readers import non_finite_tensors
 from compressor.errors import CompressorError, TrainingDiverged
 from compressor.metrics.classification import predict
+
+# BatchNorm momentum below this (torch's default) keeps running statistics that lag a short fine-tune.
+SLOW_BN_MOMENTUM = 0.1
+AUTO_RECALIBRATION_BATCHES = 20
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,6 +55,12 @@ class TrainOptions(Strict):
     amp: bool = Field(True, description="Mixed precision (bfloat16 autocast) when training on CUDA.")
     freeze_backbone_epochs: int = Field(0, ge=0, le=10000, description="Train only the classifier for this "
                                         "many first epochs (transfer learning: a new head on pretrained weights).")
+    bn_recalibration: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Re-estimate BatchNorm running statistics from this many training batches before "
+        "each validation (precise BN, torch.optim.swa_utils.update_bn). auto: "
+        f"{AUTO_RECALIBRATION_BATCHES} batches when a BatchNorm of the model keeps a slow running average "
+        "(momentum below torch's 0.1; TensorFlow ports use 0.01), whose statistics lag far behind a short "
+        "fine-tune; 0: never.")
 
 
 @dataclass
@@ -63,6 +73,7 @@ class FitResult:
     resumed_from_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     metric: str = "top1"
+    bn_recalibration_batches: int = 0
 
 
 def _optimizer(params: list[nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
@@ -257,6 +268,27 @@ class _Progress:
             self.bad_epochs += 1
 
 
+def recalibration_batches(model: nn.Module, opts: TrainOptions) -> int:
+    """How many training batches re-estimate BatchNorm statistics before each validation (0: none)."""
+    if opts.bn_recalibration != "auto":
+        return int(opts.bn_recalibration)
+    slow = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               and m.momentum is not None and m.momentum < SLOW_BN_MOMENTUM for m in model.modules())
+    return AUTO_RECALIBRATION_BATCHES if slow else 0
+
+
+def recalibrate_bn(model: nn.Module, ctx: StageContext, batch_size: int, epoch: int, batches: int) -> None:
+    """Replace every BatchNorm's running statistics with their exact average over ``batches`` training
+    batches at the current weights (torch's ``update_bn``; the model's training mode is kept)."""
+    import itertools
+
+    from torch.optim.swa_utils import update_bn
+
+    loader = ctx.data.train_loader(batch_size, epoch=epoch)
+    with torch.no_grad():
+        update_bn(itertools.islice(loader, batches), model, device=ctx.device)
+
+
 def _objective(model: nn.Module, ctx: StageContext, opts: TrainOptions, loss_fn: LossFn | None,
                extra: nn.Module | None) -> tuple[LossFn, nn.Module | None]:
     """The loss to minimise and the extra modules it trains (an embedding's identity head among them)."""
@@ -415,6 +447,10 @@ def fit(
     progress = _resume(loop, checkpoint, ctx, desc)
     start_epoch = progress.epoch
     health = (not non_finite_tensors(model.state_dict()), largest_weight(model))  # for a NaN loss's report
+    recalibrate = recalibration_batches(model, opts)
+    if recalibrate and start_epoch < opts.epochs:
+        ctx.log(f"{ctx.name}: {desc}: BatchNorm statistics re-estimated from {recalibrate} training batches "
+                "before each validation (bn_recalibration)")
     for epoch in range(start_epoch, opts.epochs):
         for m in (model, loop.extra):
             if m is not None:
@@ -424,6 +460,8 @@ def fit(
         if loop.sampler is not None:
             loop.sampler.set_epoch(epoch)
         mean_loss = _train_epoch(loop, ctx, opts, desc, epoch, health)
+        if recalibrate:
+            recalibrate_bn(model, ctx, loop.batch_size, epoch, recalibrate)
         _sync_buffers(model, ctx)
         score = val_score(model, ctx)
         progress.record(model, epoch, mean_loss, score, task.primary)
@@ -437,4 +475,4 @@ def fit(
         model.load_state_dict(progress.best_state)
     model.eval()
     return FitResult(best_score=progress.best_score, epochs_run=len(progress.history), resumed_from_epoch=start_epoch,
-                     history=progress.history, metric=task.primary)
+                     history=progress.history, metric=task.primary, bn_recalibration_batches=recalibrate)

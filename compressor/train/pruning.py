@@ -353,6 +353,10 @@ class ChannelPruner:
         dg = self.pruner.DG
         ignored_modules = [m for n in self.ignored for m in dict(self.model.named_modules())[n].modules()]
         ignored_params = {id(p) for m in ignored_modules for p in m.parameters(recurse=False)}
+        # a layer the user left whole keeps its input channels too (the classifier's may go: its outputs
+        # are the classes, its inputs are features like any other)
+        whole = {id(m) for n, why in self.ignored.items() if why != "classifier"
+                 for m in dict(self.model.named_modules())[n].modules()}
         names = {m: n for n, m in self.model.named_modules()}
         frozen: dict[str, str] = {}
         for group in list(dg.get_all_groups(ignored_layers=self.pruner.ignored_layers,
@@ -360,7 +364,8 @@ class ChannelPruner:
             nodes = [n for dep, _ in group for n in (dep.source, dep.target)]
             if any("ChannelMixing" in _grad_fn_name(n) for n in nodes):
                 reason = "coupled through a channel shuffle/reshape"
-            elif any(isinstance(n.module, nn.Parameter) and id(n.module) in ignored_params for n in nodes):
+            elif any(isinstance(n.module, nn.Parameter) and id(n.module) in ignored_params for n in nodes) or any(
+                    isinstance(n.module, nn.Module) and id(n.module) in whole for n in nodes):
                 reason = "feeds an ignored layer"
             else:
                 continue
@@ -387,12 +392,47 @@ class ChannelPruner:
             raise broken_model_error(self.model, self.example, err) from err
 
     def _step_to(self, k: int) -> None:
-        """Prune to the ``k``-th ratio of the pruner's schedule (ratios are absolute, so steps may be skipped)."""
+        """Prune to the ``k``-th ratio of the pruner's schedule (ratios are absolute, so steps may be skipped).
+
+        A failure inside torch-pruning (its importance estimate or its pruning functions indexing past a
+        layer's channels, as on channel slices its graph does not model) becomes a :class:`PruningError`
+        naming the group's layer and the block that keeps it whole.
+        """
         self.pruner.current_step = k - 1
-        with torch.enable_grad():
-            for group in self.pruner.step(interactive=True):
-                prune_extra_tensors(self.pruner.DG, group)
-                group.prune()
+        current: list[Any] = []
+        estimate = self.pruner.estimate_importance
+
+        def tracked(group: Any) -> Any:
+            current[:] = [group]
+            return estimate(group)
+
+        self.pruner.estimate_importance = tracked
+        try:
+            with torch.enable_grad():
+                for group in self.pruner.step(interactive=True):
+                    current[:] = [group]
+                    prune_extra_tensors(self.pruner.DG, group)
+                    group.prune()
+        except PruningError:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch-pruning fails in many ways; name where
+            raise self._pruner_error(current[0] if current else None, err) from err
+        finally:
+            del self.pruner.estimate_importance  # the bound method again
+
+    def _pruner_error(self, group: Any, err: Exception) -> PruningError:
+        detail = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        names = {m: n for n, m in self.model.named_modules()}
+        layer = names.get(group[0].dep.target.module) if group is not None else None
+        if not layer:
+            msg = (f"torch-pruning failed while pruning ({detail}); leave the block it fails on whole with "
+                   "prune.ignore_layers or prune.ignore_types")
+            return PruningError(msg)
+        block, module = owning_block(self.model, layer)
+        msg = (f"torch-pruning failed on the channel group of layer '{layer}' ({detail}): its dependency graph "
+               f"does not match what {type(module).__name__} '{block}' does with its channels. Leave it whole "
+               f"with prune.ignore_layers: ['{block}'] (or prune.ignore_types: [{type(module).__name__}])")
+        return PruningError(msg)
 
     def prune_step(self, step: int) -> int:
         """Prune up to schedule step ``step`` (1-based) and return the MACs after it.
@@ -445,42 +485,82 @@ class ChannelPruner:
         return terms
 
 
-def failing_module(model: nn.Module, example: torch.Tensor) -> tuple[str, nn.Module] | None:
-    """The innermost module whose forward raises on ``example`` (None when the model runs)."""
-    stack: list[str] = []
+def failing_chain(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, Any]]:
+    """The modules whose forwards were running when ``model`` raised on ``example``, outermost first, each
+    with its first input (empty when the model runs)."""
+    stack: list[tuple[str, nn.Module, Any]] = []
     modules = dict(model.named_modules())
+
+    def enter(module: nn.Module, inputs: Any, name: str) -> None:
+        stack.append((name, module, inputs[0] if inputs else None))
 
     def leave(_module: nn.Module, _inp: Any, _out: Any) -> None:
         stack.pop()
 
     hooks = []
     for name, module in modules.items():
-        hooks.append(module.register_forward_pre_hook(lambda m, i, n=name: stack.append(n)))
+        hooks.append(module.register_forward_pre_hook(lambda m, i, n=name: enter(m, i, n)))
         hooks.append(module.register_forward_hook(leave))
     try:
         with torch.no_grad():
             model.eval()(example)
     except Exception:  # noqa: BLE001 - whatever it raises, the hooks say where
-        return (stack[-1], modules[stack[-1]]) if stack else None
+        return list(stack)
     finally:
         for hook in hooks:
             hook.remove()
-    return None
+    return []
+
+
+def _is_torch_layer(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.")
+
+
+def culprit_block(chain: list[tuple[str, nn.Module, Any]]) -> tuple[str, nn.Module]:
+    """The module to leave whole for a failure at the end of ``chain``: a model's own block fails in its own
+    forward (a split by fixed sizes); a torch layer fails on the input its caller made, so the block named
+    is the caller that made it (past wrappers that pass their input straight through), e.g. the
+    ``SelectiveKernel`` that split the channels for the ``Conv2d`` that failed."""
+    i = len(chain) - 1
+    if not _is_torch_layer(chain[i][1]):
+        return chain[i][0], chain[i][1]
+    while i > 0 and chain[i - 1][2] is chain[i][2]:
+        i -= 1
+    if i > 0 and chain[i - 1][0]:
+        return chain[i - 1][0], chain[i - 1][1]
+    return chain[-1][0], chain[-1][1]
 
 
 def broken_model_error(model: nn.Module, example: torch.Tensor, err: Exception) -> PruningError:
-    """The error for a pruned model that no longer runs, naming the innermost module that fails with
-    the ``ignore_layers`` entry that keeps it whole (torch-pruning changed channels its forward depends on)."""
-    where = failing_module(model, example)
-    if where is None or where[0] == "":
+    """The error for a pruned model that no longer runs, naming the innermost module that fails and the
+    block to leave whole with ``ignore_layers`` (torch-pruning changed channels its forward depends on)."""
+    chain = failing_chain(model, example)
+    if not chain or chain[-1][0] == "":
         msg = (f"the pruned model no longer runs ({type(err).__name__}: {err}); a layer whose forward "
                "hard-codes channel counts must be left whole with ignore_layers")
     else:
-        name, module = where
-        msg = (f"cannot prune layer '{name}' ({type(module).__name__}): torch-pruning changed channels its "
-               f"forward depends on and it no longer runs ({type(err).__name__}: {str(err).splitlines()[0]}). "
-               f"Leave it whole with ignore_layers: ['{name}'] (or ignore_types: [{type(module).__name__}])")
+        name, module = chain[-1][0], chain[-1][1]
+        block, owner = culprit_block(chain)
+        inside = "" if block == name else f" inside {type(owner).__name__} '{block}'"
+        msg = (f"cannot prune layer '{name}' ({type(module).__name__}){inside}: torch-pruning changed channels "
+               f"its forward depends on and it no longer runs ({type(err).__name__}: "
+               f"{str(err).splitlines()[0]}). Leave it whole with ignore_layers: ['{block}'] (or "
+               f"ignore_types: [{type(owner).__name__}])")
     return PruningError(msg)
+
+
+def owning_block(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """The innermost module at or above ``name`` whose class is not one of torch's own layers: the block
+    whose forward decides what happens to the channels (a torch ``Conv2d`` inside a model's
+    ``SelectiveKernel`` names the ``SelectiveKernel``). ``name`` itself when there is none."""
+    modules = dict(model.named_modules())
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:i])
+        module = modules.get(candidate)
+        if module is not None and not _is_torch_layer(module):
+            return candidate, module
+    return name, modules[name]
 
 
 def check_runs(model: nn.Module, example: torch.Tensor, expected: torch.Size) -> None:

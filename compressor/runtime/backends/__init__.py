@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,6 +40,16 @@ class Session(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Runtime name and version, device or execution provider, thread settings."""
+
+
+def timed_call(session: Session, batch: np.ndarray) -> Callable[[], np.ndarray]:
+    """What a latency measurement calls: the session's ``bind(batch)`` where it has one (the input set once,
+    in the file's layout and type, as OpenVINO's ``benchmark_app`` and TFLite's ``benchmark_model`` time a
+    model: each call is the inference and the output read), else ``session.run(batch)``."""
+    bind = getattr(session, "bind", None)
+    if bind is not None:
+        return bind(batch)  # type: ignore[no-any-return]
+    return lambda: session.run(batch)
 
 
 class Backend(Protocol):

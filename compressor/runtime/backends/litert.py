@@ -7,6 +7,7 @@ layout, and int8/uint8 tensors quantized with the file's own scale and zero poin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,25 @@ class LiteRtSession:
     def batch_sizes(self) -> tuple[int, ...] | None:
         return (int(self.input["shape"][0]),)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _set_input(self, batch: np.ndarray) -> None:
         x = to_layout(batch, self.layout)
         dtype = np.dtype(self.input["dtype"])
         if dtype.kind in "iu":
             scale, zero_point = self.input["quantization"]
             x = quantize(x, dtype, scale, zero_point)
         self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x, dtype=dtype))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._set_input(batch)
+        return self._invoke()
+
+    def bind(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+        """``batch`` quantized and set once (until the next ``run`` or ``bind``); each call invokes and reads
+        the output: what TFLite's ``benchmark_model`` times."""
+        self._set_input(batch)
+        return self._invoke
+
+    def _invoke(self) -> np.ndarray:
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
         if np.dtype(self.output["dtype"]).kind in "iu":
