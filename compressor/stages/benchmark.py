@@ -141,7 +141,7 @@ def bench_row(ctx: StageContext, cfg: BenchmarkConfig, stage: str, art: Artifact
             call, warmup=cfg.warmup, min_iters=cfg.min_iters,
             time_budget_s=cfg.time_budget_s, max_iters=cfg.max_iters), cfg.max_cv)
         row.update(stats)
-        row["timed"] = "inference, input set once" if hasattr(session, "bind") else "run, input converted per call"
+        row["timed"] = "inference, input set once" if hasattr(session, "bind") else "run per call"
         row["throughput_ips"] = round(batch * 1000 / stats["median_ms"], 2) if stats["median_ms"] else None
         row["runtime"] = session.describe()
         row["device"] = row["runtime"].get("device", cfg.device)
