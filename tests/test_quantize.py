@@ -169,7 +169,7 @@ def test_qat_exports_int8_onnx_and_openvino(shared_out: Path) -> None:
         assert m["qat_history"] and abs(m["drop"]) <= 15, m  # a 2-epoch tiny CNN (~25% top-1) has small margins
         versus = m["qat_versus_ptq"]  # the paired change against the PTQ start, on the same images
         assert versus["verdict"] in ("within noise", "beyond noise") and versus["low_pt"] <= versus["change_pt"]
-        assert versus["change_pt"] == round(m["qat_top1"] - m["ptq_top1"], 3), m
+        assert abs(versus["change_pt"] - (m["qat_top1"] - m["ptq_top1"])) <= 0.002, m
 
 
 def _optimized_ops(path: Path) -> list[str]:
