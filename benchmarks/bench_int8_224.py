@@ -5,7 +5,9 @@
 
 For each network: FP32 ONNX (the project's dynamo export), ONNX Runtime INT8 with the quantize stage's
 defaults plus a sweep (QDQ vs QOperator, per-channel on/off), OpenVINO INT8 (NNCF, the stage's
-settings), LiteRT INT8 with ai-edge-quantizer (the default) and PT2E. Every latency is batch 1 through the
+settings; like the stage, 7-bit weights (``reduce_range``, ``overflow_fix: enable``) and, in OpenVINO, float
+depthwise convolutions on a CPU whose int8 kernels saturate: x86 without VNNI), LiteRT INT8 with ai-edge-quantizer (the default) and PT2E (``--litert-builtin``: also on TFLite's
+builtin kernels, XNNPACK off, the LiteRT backend's ``xnnpack: false``). Every latency is batch 1 through the
 project's own runtime backends and timer (:mod:`compressor.runtime.measure`), FP32 and INT8 interleaved
 in ``--rounds`` rounds in this one process (the median of the round medians is kept, so a load change
 hits both); throughput is the runner's mode (2 parallel requests, 1 thread each). OpenVINO's
@@ -136,6 +138,8 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
     from compressor.quant import tflite as tfl_q
     from compressor.quant.onnxruntime import OrtQuantOptions, preprocess_onnx, quantize_ort
     from compressor.quant.plans import nncf_kwargs
+    from compressor.quant.runners import int8_saturates
+    from compressor.stages.quantize import resolve_float_depthwise, resolve_overflow_fix
 
     example = torch.from_numpy(calib[:1])
     files: dict[str, Any] = {"onnx": {}, "openvino": {}, "tflite": {}}
@@ -147,16 +151,17 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
     depthwise = any(n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in graph.node)
     files["onnx"]["fp32"] = fp32_onnx
     prepared = preprocess_onnx(fp32_onnx, work / f"{name}.pre.onnx")
+    reduce = int8_saturates("onnxruntime")  # the stage's reduce_range: auto (7-bit weights without VNNI)
     variants = [("qdq", depthwise)]  # the stage's default: QDQ, per-channel for depthwise networks
     if sweep:
         variants += [("qdq", not depthwise), ("qoperator", depthwise)]
     for fmt, per_channel in variants:
-        key = f"int8 {fmt} per_channel={per_channel}"
-        dst = work / f"{name}.{fmt}.{per_channel}.onnx"
+        key = f"int8 {fmt} per_channel={per_channel}" + (" reduce_range" if reduce else "")
+        dst = work / f"{name}.{fmt}.{per_channel}{'.rr' if reduce else ''}.onnx"
         if not dst.exists():
-            quantize_ort(prepared, dst, calib, OrtQuantOptions(quant_format=fmt), per_channel, reduce_range=False)
+            quantize_ort(prepared, dst, calib, OrtQuantOptions(quant_format=fmt), per_channel, reduce_range=reduce)
         files["onnx"][key] = dst
-    files["onnx_default"] = f"int8 qdq per_channel={depthwise}"
+    files["onnx_default"] = f"int8 qdq per_channel={depthwise}" + (" reduce_range" if reduce else "")
     print(f"[{name}] onnx + ORT INT8 in {time.time() - t0:.0f} s", flush=True)
     t0 = time.time()
     ov_model = ov_q.read_ov_model(fp32_onnx)  # cheap; NNCF below needs it even when the IRs exist
@@ -164,11 +169,18 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
     if not xml.exists():
         ov_q.save_ov_model(ov_model, xml)
     files["openvino"]["fp32"] = xml
-    kwargs = nncf_kwargs("performance", "full" if depthwise else "fast", len(calib), {})
-    int8_xml = work / f"{name}.int8.xml"
+    # The stage's defaults on this CPU: 7-bit weights and float depthwise convolutions where oneDNN's int8
+    # kernels saturate (x86 without VNNI, or an ONEDNN_MAX_CPU_ISA cap below it).
+    overflow = resolve_overflow_fix("auto", "openvino")
+    float_dw = depthwise and resolve_float_depthwise("auto")
+    kwargs = nncf_kwargs("performance", "full" if depthwise else "fast", len(calib),
+                         {"types": ["GroupConvolution"]} if float_dw else {}, overflow_fix=overflow)
+    tag = ("" if overflow == "first_layer" else f".{overflow}") + (".float_dw" if float_dw else "")
+    int8_xml = work / f"{name}.int8{tag}.xml"
     if not int8_xml.exists():
         ov_q.save_ov_model(ov_q.quantize_ov(ov_model.clone(), calib, kwargs), int8_xml)
-    files["openvino"]["int8"] = int8_xml
+    files["openvino"]["int8" + (f" overflow_fix={overflow}" if overflow != "first_layer" else "")
+                      + (" float depthwise" if float_dw else "")] = int8_xml
     print(f"[{name}] OpenVINO IR + NNCF INT8 in {time.time() - t0:.0f} s", flush=True)
     t0 = time.time()
     fp32_tfl = work / f"{name}.tflite"
@@ -191,6 +203,7 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
 
 
 BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}
+BUILTIN = "builtin kernels"
 
 
 def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: np.ndarray, work: Path) -> list[dict[str, Any]]:
@@ -203,12 +216,16 @@ def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: n
     rows: list[dict[str, Any]] = []
     for fmt in args.formats:
         backend = BACKEND[fmt]
-        variants = files[fmt]
+        variants = dict(files[fmt])
         fp32_path = variants["fp32"]
-        outs = {k: np.concatenate([session(backend, p, 2).run(val[i:i + 1]) for i in range(len(val))])
+        settings: dict[str, dict[str, Any]] = {k: {} for k in variants}
+        if fmt == "tflite" and args.litert_builtin:  # the same files on TFLite's builtin kernels, XNNPACK off
+            for k in ("fp32", "int8 ai_edge_quantizer"):
+                variants[f"{k} {BUILTIN}"], settings[f"{k} {BUILTIN}"] = variants[k], {"xnnpack": False}
+        outs = {k: np.concatenate([session(backend, p, 2, settings[k]).run(val[i:i + 1]) for i in range(len(val))])
                 for k, p in variants.items()}
         for threads in args.threads:
-            sessions = {k: session(backend, p, threads) for k, p in variants.items()}
+            sessions = {k: session(backend, p, threads, settings[k]) for k, p in variants.items()}
             calls = {k: timed_call(s, sample) for k, s in sessions.items()}  # as benchmark_app times a model
             times: dict[str, list[float]] = {k: [] for k in variants}
             bapp: dict[str, list[float]] = {k: [] for k in variants} if fmt == "openvino" else {}
@@ -219,15 +236,16 @@ def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: n
                         v = benchmark_app(variants[k], threads, args.budget)
                         if v is not None:
                             bapp[k].append(v)
-            fp32_ms = float(np.median(times["fp32"]))
             for k in variants:
+                base = f"fp32 {BUILTIN}" if k.endswith(BUILTIN) else "fp32"  # INT8 against FP32 on the same kernels
+                fp32_ms = float(np.median(times[base]))
                 ms = float(np.median(times[k]))
                 row: dict[str, Any] = {
                     "network": name, "weights": weights, "runtime": backend, "variant": k, "threads": threads,
                     "median_ms": round(ms, 3), "rounds_ms": [round(t, 3) for t in times[k]],
-                    "fp32_ms": round(fp32_ms, 3), "int8_vs_fp32": round(fp32_ms / ms, 2) if k != "fp32" else None,
-                    "agreement_vs_fp32": agreement(outs[k], outs["fp32"]) if k != "fp32" else None,
-                    "cosine_vs_fp32": cosine(outs[k], outs["fp32"]) if k != "fp32" else None,
+                    "fp32_ms": round(fp32_ms, 3), "int8_vs_fp32": round(fp32_ms / ms, 2) if k != base else None,
+                    "agreement_vs_fp32": agreement(outs[k], outs[base]) if k != base else None,
+                    "cosine_vs_fp32": cosine(outs[k], outs[base]) if k != base else None,
                     "size_kb": round((variants[k].stat().st_size + (variants[k].with_suffix(".bin").stat().st_size
                                                                     if fmt == "openvino" else 0)) / 1024),
                     "kernels": sessions[k].describe().get("kernels"),
@@ -235,7 +253,7 @@ def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: n
                 if bapp.get(k):
                     b = float(np.median(bapp[k]))
                     row.update(benchmark_app_ms=round(b, 3), harness_vs_benchmark_app=round(ms / b, 3))
-                if k != "fp32" and threads == args.threads[0]:
+                if k != base and not k.endswith(BUILTIN) and threads == args.threads[0]:
                     comp = of_files(fmt, variants[k], fp32_path, threads)
                     row["composition"] = comp["summary"]
                     row["problems"] = comp["problems"][:5]
@@ -300,6 +318,8 @@ def main() -> None:
     ap.add_argument("--formats", default="onnx,openvino,tflite",
                     help="runtimes to time, by format (ONEDNN_MAX_CPU_ISA only changes openvino)")
     ap.add_argument("--no-benchmark-app", action="store_true")
+    ap.add_argument("--litert-builtin", action="store_true",
+                    help="also time the LiteRT files with XNNPACK off (TFLite's builtin kernels)")
     ap.add_argument("--files", type=Path, default=None,
                     help="keep the converted FP32/INT8 files here and reuse them (default: a temporary folder)")
     ap.add_argument("--convert-only", action="store_true", help="make the files and stop (no timing)")

@@ -96,14 +96,18 @@ def main() -> None:
     ap.add_argument("--files", type=Path, required=True, help="bench_int8_224.py's --files folder")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--onnx-int8", default="qdq.True", help="ONNX INT8 file: NETWORK.<this>.onnx (qdq.True.rr: the "
+                    "7-bit weights bench_int8_224.py makes on a CPU without VNNI)")
+    ap.add_argument("--ov-int8", default="int8", help="OpenVINO INT8 IR: NETWORK.<this>.xml (int8.enable.float_dw "
+                    "without VNNI)")
     ap.add_argument("networks", nargs="+")
     args = ap.parse_args()
     for net in args.networks:
         files = args.files
         show(net, "onnxruntime", ort_profile(files / f"{net}.onnx", args.threads, args.runs),
-             ort_profile(files / f"{net}.qdq.True.onnx", args.threads, args.runs))
+             ort_profile(files / f"{net}.{args.onnx_int8}.onnx", args.threads, args.runs))
         show(net, "openvino", ov_profile(files / f"{net}.xml", args.threads, args.runs),
-             ov_profile(files / f"{net}.int8.xml", args.threads, args.runs))
+             ov_profile(files / f"{net}.{args.ov_int8}.xml", args.threads, args.runs))
 
 
 if __name__ == "__main__":

@@ -190,7 +190,9 @@ def _fake_quant_conv_bn(path: Path, gamma: np.ndarray) -> None:
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
     inits = {
-        "w": w, "w_scale": (np.abs(w).reshape(4, -1).max(1) / 127).astype(np.float32), "w_zp": np.zeros(4, np.int8),
+        # Weights in half the int8 range, as NNCF's overflow fix exports them for x86 without VNNI, where
+        # ONNX Runtime's u8 x s8 kernel would saturate full-range ones (the folded file runs that kernel).
+        "w": w, "w_scale": (np.abs(w).reshape(4, -1).max(1) / 63).astype(np.float32), "w_zp": np.zeros(4, np.int8),
         "x_scale": np.array(0.02, np.float32), "y_scale": np.array(0.05, np.float32), "x_zp": np.array(128, np.uint8), "gamma": gamma.astype(np.float32),
         "beta": rng.normal(size=4).astype(np.float32), "mean": rng.normal(size=4).astype(np.float32),
         "var": rng.uniform(0.5, 2, 4).astype(np.float32),
@@ -326,3 +328,39 @@ def test_qat_versus_ptq_is_paired_and_says_whether_the_change_is_beyond_noise() 
     many[:60] = False  # QAT loses 60 images: -6 pt
     large = qat_versus_ptq(fp32, logits(base), logits(many), labels)
     assert large["change_pt"] == -6.0 and large["high_pt"] < 0 and large["verdict"] == "beyond noise"
+
+
+@pytest.mark.parametrize(("features", "caps", "ov", "ort"), [
+    (["avx2", "fma"], {}, "enable", "enable"),                                     # AVX2 only: both saturate
+    (["avx2", "avx512f"], {}, "enable", "enable"),                                 # AVX-512 without VNNI
+    (["avx2", "avx512f", "avx512_vnni"], {}, "first_layer", "first_layer"),
+    (["avx2", "avx512f", "avx512_vnni"], {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "enable", "first_layer"),
+])
+def test_overflow_fix_auto_follows_the_cpu_and_the_isa_cap(
+        monkeypatch: pytest.MonkeyPatch, features: list[str], caps: dict[str, str], ov: str, ort: str) -> None:
+    """7-bit weights exactly where the runtime's x86 int8 kernels saturate full 8-bit ones."""
+    import platform
+
+    from compressor.runtime import envinfo
+    from compressor.stages.quantize import QuantizeConfig, resolve_overflow_fix
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(envinfo, "cpu_info", lambda: {"features": features, "isa_caps": caps})
+    assert resolve_overflow_fix("auto", "openvino") == ov
+    assert resolve_overflow_fix("auto", "onnx") == ort
+    assert resolve_overflow_fix("disable", "openvino") == "disable"
+    assert QuantizeConfig.model_fields["overflow_fix"].default == "auto"
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert resolve_overflow_fix("auto", "openvino") == "first_layer"
+
+
+def test_nncf_kwargs_carry_the_overflow_fix_to_both_nncf_entry_points() -> None:
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from compressor.quant.plans import accuracy_control_kwargs, nncf_kwargs
+
+    kwargs = nncf_kwargs("performance", "fast", 32, {}, overflow_fix="enable")
+    assert kwargs["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
+    ac = accuracy_control_kwargs(kwargs)  # quantize_with_accuracy_control names it differently
+    assert "advanced_parameters" not in ac and ac["advanced_quantization_parameters"].overflow_fix == OverflowFix.ENABLE
+    assert nncf_kwargs("mixed", "full", 8, {})["advanced_parameters"].overflow_fix == OverflowFix.FIRST_LAYER

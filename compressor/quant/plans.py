@@ -31,31 +31,42 @@ class Plan(Protocol):
 
 
 def nncf_kwargs(preset: str, bias_correction: str, subset_size: int, ignored: dict[str, list[str]],
-                per_tensor_activations: bool = False) -> dict[str, Any]:
+                per_tensor_activations: bool = False, overflow_fix: str = "first_layer") -> dict[str, Any]:
     """Keyword arguments of ``nncf.quantize``.
 
     ``per_tensor_activations`` keeps one scale per activation tensor: ONNX Runtime's integer kernels
     (QLinearConv) take a scalar input scale, and NNCF would otherwise give depthwise inputs one scale
-    per channel, which leaves those convolutions in float.
+    per channel, which leaves those convolutions in float. ``overflow_fix`` is NNCF's
+    ``OverflowFix`` value (``first_layer``, its default, ``enable``, ``disable``).
     """
     import nncf
-    from nncf.quantization.advanced_parameters import QuantizationParameters
+    from nncf.quantization.advanced_parameters import OverflowFix, QuantizationParameters
 
     kwargs: dict[str, Any] = {
         "preset": nncf.QuantizationPreset.PERFORMANCE if preset == "performance" else nncf.QuantizationPreset.MIXED,
         "subset_size": subset_size, "fast_bias_correction": bias_correction != "full",
     }
-    advanced: dict[str, Any] = {}
+    fix = OverflowFix({"first_layer": "first_layer_only"}.get(overflow_fix, overflow_fix))
+    advanced: dict[str, Any] = {"overflow_fix": fix}
     if bias_correction == "none":
         advanced["disable_bias_correction"] = True
     if per_tensor_activations:
         advanced["activations_quantization_params"] = QuantizationParameters(per_channel=False)
-    if advanced:
-        kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
+    kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
     if any(ignored.values()):
         kwargs["ignored_scope"] = nncf.IgnoredScope(
             names=ignored.get("names", []), patterns=ignored.get("patterns", []), types=ignored.get("types", []),
             validate=False)
+    return kwargs
+
+
+
+def accuracy_control_kwargs(nncf_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The same settings for ``nncf.quantize_with_accuracy_control``, which names the advanced
+    parameters ``advanced_quantization_parameters``."""
+    kwargs = dict(nncf_kwargs)
+    if "advanced_parameters" in kwargs:
+        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     return kwargs
 
 
@@ -114,7 +125,8 @@ class OnnxPlan:
         from compressor.quant import onnxruntime as q
 
         dst = self.counter.next()
-        q.quantize_onnx_nncf_ac(self.src, dst, self.calib, val, max_drop, self.nncf_args, self.threads, scorer)
+        q.quantize_onnx_nncf_ac(self.src, dst, self.calib, val, max_drop, accuracy_control_kwargs(self.nncf_args),
+                                self.threads, scorer)
         return dst
 
     def save(self, candidate: Path, out_dir: Path) -> dict[str, str]:
@@ -167,7 +179,7 @@ class OpenVinoPlan:
         from compressor.quant import openvino as q
 
         dst = self.counter.next()
-        q.save_ov_model(q.quantize_ov_ac(self.model.clone(), self.calib, val, max_drop, self.nncf_args,
+        q.save_ov_model(q.quantize_ov_ac(self.model.clone(), self.calib, val, max_drop, accuracy_control_kwargs(self.nncf_args),
                                          self.threads, scorer), dst)
         return dst
 

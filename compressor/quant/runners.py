@@ -24,6 +24,23 @@ def cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni"} & set(cpu_info()["features"]))
 
 
+def int8_saturates(runtime: str) -> bool:
+    """Whether ``runtime``'s x86 int8 kernels on this CPU multiply u8 x s8 pairs into int16
+    (``vpmaddubsw``), which saturates for full 8-bit weights: x86 without VNNI, and for OpenVINO also an
+    ``ONEDNN_MAX_CPU_ISA`` cap below VNNI (oneDNN then dispatches those kernels on a VNNI CPU too).
+    ONNX Runtime's MLAS has no such cap. Arm's int8 dot products do not saturate."""
+    import platform
+
+    from compressor.runtime.envinfo import cpu_info
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if not cpu_has_vnni():
+        return True
+    caps = {v.upper() for v in cpu_info()["isa_caps"].values()}
+    return runtime == "openvino" and bool(caps & {"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+
+
 def _session_runner(backend: str, path: Path, threads: int, settings: dict[str, Any]) -> tuple[Runner, Any]:
     from compressor.export.agreement import run_batched
     from compressor.runtime.backends import RuntimeOptions, get_backend

@@ -80,6 +80,11 @@ class QuantizeConfig(StageConfig):
     float_depthwise: bool | Literal["auto"] = Field(
         "auto", description="OpenVINO: keep depthwise convolutions in float; auto: on x86 without VNNI, where "
         "oneDNN's INT8 depthwise kernels are slower than float (see README).")
+    overflow_fix: Literal["auto", "first_layer", "enable", "disable"] = Field(
+        "auto", description="NNCF engines (openvino, onnx with engine nncf, QAT): weights in half the 8-bit range "
+        "so that u8 x s8 pair sums fit in int16, where x86 int8 kernels without VNNI (SSE, AVX2, AVX-512) "
+        "saturate. auto: enable (every convolution and matmul) on such a CPU, first_layer (NNCF's default) "
+        "elsewhere. engine onnxruntime has ort.reduce_range for the same.")
     ov_hint: Literal["LATENCY", "THROUGHPUT"] = Field("LATENCY", description="OpenVINO performance hint.")
     eval_images: int | None = Field(1000, ge=1, description="Validation images that judge INT8 against FP32.")
     min_agreement: float = Field(90.0, ge=0, le=100, description="Least top-1 agreement with FP32, percent.")
@@ -161,15 +166,15 @@ def resolve_float_depthwise(option: bool | str) -> bool:
     ``ONEDNN_MAX_CPU_ISA`` cap below it)."""
     if option != "auto":
         return bool(option)
-    import platform
+    return runners.int8_saturates("openvino")
 
-    from compressor.quant.runners import cpu_has_vnni
-    from compressor.runtime.envinfo import cpu_info
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    caps = {v.upper() for v in cpu_info()["isa_caps"].values()}
-    return not cpu_has_vnni() or bool(caps & {"SSE41", "AVX", "AVX2", "AVX512_CORE"})
+def resolve_overflow_fix(option: str, fmt: str) -> str:
+    """``auto``: ``enable`` (7-bit weights in every convolution and matmul) where the runtime that runs
+    ``fmt`` saturates full 8-bit weights on this CPU, else NNCF's own default ``first_layer``."""
+    if option != "auto":
+        return option
+    return "enable" if runners.int8_saturates("openvino" if fmt == "openvino" else "onnxruntime") else "first_layer"
 
 
 def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_hint: bool | None = None) -> Any:
@@ -195,7 +200,8 @@ def _plan(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray, depthwise_h
     if cfg.format == "openvino" and depthwise and resolve_float_depthwise(cfg.float_depthwise):
         ignored["types"] = sorted({*ignored["types"], "GroupConvolution"})
     nncf_args = plans.nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
-                                  ignored, per_tensor_activations=cfg.format == "onnx")
+                                  ignored, per_tensor_activations=cfg.format == "onnx",
+                                  overflow_fix=resolve_overflow_fix(cfg.overflow_fix, cfg.format))
     if cfg.format == "openvino":
         return plans.OpenVinoPlan(src, work, calib, nncf_args, ctx.threads, cfg.ov_hint)
     per_channel = cfg.per_channel if cfg.per_channel != "auto" else bool(depthwise)
@@ -210,6 +216,8 @@ def _settings(cfg: QuantizeConfig, plan: Any) -> dict[str, Any]:
             out[attr] = getattr(plan, attr)
     if hasattr(plan, "nncf_args"):
         out["nncf"] = {k: str(v) for k, v in plan.nncf_args.items()}
+        if plan.engine == "nncf":
+            out["overflow_fix"] = resolve_overflow_fix(cfg.overflow_fix, cfg.format)
     if plan.fmt == "onnx" and plan.engine == "onnxruntime":
         out["ort"] = cfg.ort.model_dump()
     return out
@@ -426,7 +434,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     # NNCF's PyTorch backend has fast bias correction only (full is refused by the config check).
     bias = "fast" if cfg.bias_correction == "auto" else cfg.bias_correction
     kwargs = nncf_kwargs(cfg.resolved_preset(), bias, min(cfg.calibration_images, len(calib)),
-                         cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx")
+                         cfg.ignored_scope.model_dump(), per_tensor_activations=cfg.format == "onnx",
+                         overflow_fix=resolve_overflow_fix(cfg.overflow_fix, cfg.format))
     teacher = _source_model(ctx)
     quantized = insert_fake_quant(_source_model(ctx), calib, kwargs)
     task = task_of(ctx)
@@ -462,7 +471,8 @@ def _run_qat(cfg: QuantizeConfig, ctx: StageContext, calib: np.ndarray,
     fp32_top1 = round(task.value(fp32_logits, labels), 3)
     int8_top1 = round(task.value(int8_logits, labels), 3)
     settings = {"engine": "nncf", "mode": "qat", "calibration_images": cfg.calibration_images,
-                "nncf": {k: str(v) for k, v in kwargs.items()}, "qat": cfg.qat.model_dump(), "frozen": frozen,
+                "nncf": {k: str(v) for k, v in kwargs.items()},
+                "overflow_fix": resolve_overflow_fix(cfg.overflow_fix, cfg.format), "qat": cfg.qat.model_dump(), "frozen": frozen,
                 **folded}
     drop = round(fp32_top1 - int8_top1, 3)
     metrics: dict[str, Any] = {"fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1": qat_top1, "kept": kept,
