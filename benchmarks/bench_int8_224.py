@@ -5,8 +5,8 @@
 
 For each network: FP32 ONNX (the project's dynamo export), ONNX Runtime INT8 with the quantize stage's
 defaults plus a sweep (QDQ vs QOperator, per-channel on/off), OpenVINO INT8 (NNCF, the stage's
-settings; like the stage, 7-bit weights (``reduce_range``, ``overflow_fix: enable``) and, in OpenVINO, float
-depthwise convolutions on a CPU whose int8 kernels saturate: x86 without VNNI), LiteRT INT8 with ai-edge-quantizer (the default) and PT2E (``--litert-builtin``: also on TFLite's
+settings; like the stage, 7-bit weights (``reduce_range``, ``overflow_fix: enable``) on a CPU whose int8
+kernels saturate: x86 without VNNI), LiteRT INT8 with ai-edge-quantizer (the default) and PT2E (``--litert-builtin``: also on TFLite's
 builtin kernels, XNNPACK off, the LiteRT backend's ``xnnpack: false``). Every latency is batch 1 through the
 project's own runtime backends and timer (:mod:`compressor.runtime.measure`), FP32 and INT8 interleaved
 in ``--rounds`` rounds in this one process (the median of the round medians is kept, so a load change
@@ -139,7 +139,7 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
     from compressor.quant.onnxruntime import OrtQuantOptions, preprocess_onnx, quantize_ort
     from compressor.quant.plans import nncf_kwargs
     from compressor.quant.runners import int8_saturates
-    from compressor.stages.quantize import resolve_float_depthwise, resolve_overflow_fix
+    from compressor.stages.quantize import QuantizeConfig, resolve_float_depthwise, resolve_overflow_fix
 
     example = torch.from_numpy(calib[:1])
     files: dict[str, Any] = {"onnx": {}, "openvino": {}, "tflite": {}}
@@ -169,10 +169,10 @@ def make_files(name: str, model: torch.nn.Module, calib: np.ndarray, work: Path,
     if not xml.exists():
         ov_q.save_ov_model(ov_model, xml)
     files["openvino"]["fp32"] = xml
-    # The stage's defaults on this CPU: 7-bit weights and float depthwise convolutions where oneDNN's int8
-    # kernels saturate (x86 without VNNI, or an ONEDNN_MAX_CPU_ISA cap below it).
+    # The stage's defaults on this CPU: 7-bit weights where oneDNN's int8 kernels saturate (x86 without
+    # VNNI, or an ONEDNN_MAX_CPU_ISA cap below it); depthwise convolutions as float_depthwise's default says.
     overflow = resolve_overflow_fix("auto", "openvino")
-    float_dw = depthwise and resolve_float_depthwise("auto")
+    float_dw = depthwise and resolve_float_depthwise(QuantizeConfig.model_fields["float_depthwise"].default)
     kwargs = nncf_kwargs("performance", "full" if depthwise else "fast", len(calib),
                          {"types": ["GroupConvolution"]} if float_dw else {}, overflow_fix=overflow)
     tag = ("" if overflow == "first_layer" else f".{overflow}") + (".float_dw" if float_dw else "")
@@ -220,7 +220,15 @@ def bench_network(name: str, args: argparse.Namespace, calib: np.ndarray, val: n
         fp32_path = variants["fp32"]
         settings: dict[str, dict[str, Any]] = {k: {} for k in variants}
         if fmt == "tflite" and args.litert_builtin:  # the same files on TFLite's builtin kernels, XNNPACK off
+            from compressor.errors import BackendError
+
             for k in ("fp32", "int8 ai_edge_quantizer"):
+                try:
+                    session(backend, variants[k], 1, {"xnnpack": False})
+                except BackendError as err:  # the reference kernels refuse some quantization scales
+                    rows.append({"network": name, "runtime": backend, "variant": f"{k} {BUILTIN}",
+                                 "error": str(err).split(": ", 1)[-1][:200]})
+                    continue
                 variants[f"{k} {BUILTIN}"], settings[f"{k} {BUILTIN}"] = variants[k], {"xnnpack": False}
         outs = {k: np.concatenate([session(backend, p, 2, settings[k]).run(val[i:i + 1]) for i in range(len(val))])
                 for k, p in variants.items()}
