@@ -79,8 +79,7 @@ class QuantizeConfig(StageConfig):
     float_io: bool = Field(False, description="TFLite: float input/output (int8 inside); else int8 I/O.")
     float_depthwise: bool | Literal["auto"] = Field(
         False, description="OpenVINO: keep depthwise convolutions in float. auto: on x86 without VNNI or under an "
-        "ONEDNN_MAX_CPU_ISA cap below it, where the capped Xeon measured int8 depthwise slower; a real AVX2 CPU "
-        "(AMD Zen 3) measured it faster in int8 at 28 and 224 px, hence the default false (docs/int8.md).")
+        "ISA cap below it; a real AVX2 CPU ran them faster in int8, hence false (docs/int8.md).")
     overflow_fix: Literal["auto", "first_layer", "enable", "disable"] = Field(
         "auto", description="NNCF engines (openvino, onnx with engine nncf, QAT): weights in half the 8-bit range "
         "so that u8 x s8 pair sums fit in int16, where x86 int8 kernels without VNNI (SSE, AVX2, AVX-512) "
