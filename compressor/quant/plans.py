@@ -60,7 +60,6 @@ def nncf_kwargs(preset: str, bias_correction: str, subset_size: int, ignored: di
     return kwargs
 
 
-
 def accuracy_control_kwargs(nncf_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The same settings for ``nncf.quantize_with_accuracy_control``, which names the advanced
     parameters ``advanced_quantization_parameters``."""
